@@ -1,0 +1,76 @@
+"""Config building blocks shared by the files in `configs/`, and their validation."""
+
+import ml_collections
+
+from tlflax.errors import UserError
+
+
+def phase_config(dataset: str, epochs: int, **overrides) -> ml_collections.ConfigDict:
+  """One training phase (the `source` or the `target` block): dataset, splits and schedule."""
+  phase = ml_collections.ConfigDict({
+      "dataset": dataset,
+      "train_split": "train",
+      "test_split": "test",
+      "examples_per_class": 0,  # 0: every example; N: a balanced, seeded subset of N per class
+      "image_size": 32,
+      "download": True,  # let tfds download when the dataset is not prepared in data_dir
+      "epochs": epochs,
+      "batch_size": 128,
+      "eval_batch_size": 1000,
+      "learning_rate": 0.1,
+      "weight_decay": 5e-4,
+      "momentum": 0.9,
+      "nesterov": True,
+      "warmup_epochs": 1.0,
+      "label_smoothing": 0.0,
+      "crop_padding": 4,
+      "flip": True,
+  })
+  phase.update(overrides)
+  return phase
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The seed experiment: ResNet-18, CIFAR-10 source, CIFAR-100 target."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.seeds = (0,)
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
+  config.model = ml_collections.ConfigDict({"name": "resnet18", "width": 64, "dtype": "float32"})
+  config.source = phase_config("cifar10", epochs=30)
+  config.target = phase_config("cifar100", epochs=100)
+  config.log_every_steps = 50
+  config.eval_every_epochs = 1
+  return config
+
+
+_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "image_size")
+_NON_NEGATIVE = ("examples_per_class", "learning_rate", "weight_decay", "warmup_epochs",
+                 "crop_padding")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line `UserError` for the first value no run could use."""
+  for name in ("source", "target"):
+    phase = config[name]
+    for key in _POSITIVE:
+      if phase[key] <= 0:
+        raise UserError(f"config.{name}.{key} must be positive, got {phase[key]}: "
+                        f"set --config.{name}.{key}")
+    for key in _NON_NEGATIVE:
+      if phase[key] < 0:
+        raise UserError(f"config.{name}.{key} must be >= 0, got {phase[key]}: "
+                        f"set --config.{name}.{key}")
+    if not 0 <= phase.momentum < 1:
+      raise UserError(f"config.{name}.momentum must be in [0, 1), got {phase.momentum}")
+    if not 0 <= phase.label_smoothing < 1:
+      raise UserError(f"config.{name}.label_smoothing must be in [0, 1), got "
+                      f"{phase.label_smoothing}")
+    if phase.warmup_epochs >= phase.epochs:
+      raise UserError(f"config.{name}.warmup_epochs ({phase.warmup_epochs}) must be below "
+                      f"epochs ({phase.epochs}): lower warmup_epochs")
+    if phase.crop_padding >= phase.image_size:
+      raise UserError(f"config.{name}.crop_padding ({phase.crop_padding}) must be below "
+                      f"image_size ({phase.image_size})")
+  if config.log_every_steps <= 0 or config.eval_every_epochs <= 0:
+    raise UserError("config.log_every_steps and config.eval_every_epochs must be positive")

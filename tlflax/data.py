@@ -1,0 +1,359 @@
+"""Datasets to device arrays: tfds or synthetic splits, adapted, normalised, augmented on device.
+
+A split is loaded once into host memory as uint8 (N, H, W, 3), adapted to the model's input
+(grey -> RGB, resize), then kept on the device. Shuffling, cropping, flipping and normalising run
+inside jit, so a training step needs no host work and no host-to-device copy.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tlflax.errors import UserError, require
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split in host memory: uint8 images (N, H, W, C) and int32 labels (N,)."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A dataset ready for training: adapted splits and the train split's per-channel statistics."""
+
+  name: str
+  train: Split
+  test: Split
+  num_classes: int
+  mean: np.ndarray  # (3,), in [0, 1] units, from the training split
+  std: np.ndarray
+
+
+# ------------------------------------------------------------------------------------------------
+# Split strings
+# ------------------------------------------------------------------------------------------------
+
+_SPLIT_RE = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
+
+
+def _slice_bounds(split: str, sizes: dict[str, int]) -> tuple[str, int, int]:
+  """Parses 'train', 'test[:500]', 'train[10%:]' against the base split sizes."""
+  m = _SPLIT_RE.match(split.replace(" ", ""))
+  if not m or m.group(1) not in sizes:
+    raise UserError(f"bad split {split!r} for a synthetic dataset: use one of {sorted(sizes)} "
+                    "optionally sliced, e.g. 'train[:2000]' or 'test[50%:]'")
+  base, lo, hi = m.groups()
+  n = sizes[base]
+
+  def bound(text, default):
+    if text is None:
+      return default
+    value = round(n * int(text[:-1]) / 100) if text.endswith("%") else int(text)
+    return min(max(value + n if value < 0 else value, 0), n)
+
+  start, stop = bound(lo, 0), bound(hi, n)
+  require(stop > start, f"split {split!r} is empty: widen the slice")
+  return base, start, stop
+
+
+# ------------------------------------------------------------------------------------------------
+# Synthetic datasets: classes built from shared visual primitives
+# ------------------------------------------------------------------------------------------------
+
+SYNTHETIC = {"synthetic10": 10, "synthetic100": 100}
+SYNTHETIC_SIZES = {"train": 50_000, "test": 10_000}
+_NUM_PRIMITIVES = 10
+_PATCH = 12
+_CHUNK = 256
+_PALETTE = np.array([
+    [0.95, 0.25, 0.2], [0.2, 0.8, 0.3], [0.25, 0.4, 0.95], [0.95, 0.85, 0.2], [0.85, 0.3, 0.9],
+    [0.2, 0.85, 0.9], [0.95, 0.6, 0.2], [0.6, 0.95, 0.6], [0.9, 0.9, 0.9], [0.55, 0.35, 0.2]])
+
+
+@functools.cache
+def _primitives() -> np.ndarray:
+  """Ten fixed coloured shapes (stripes, checks, disc, ring, cross, ...), (10, P, P, 4) RGBA."""
+  v, u = np.meshgrid(np.linspace(-1, 1, _PATCH), np.linspace(-1, 1, _PATCH), indexing="ij")
+  r = np.hypot(u, v)
+  masks = [
+      np.sin(3 * np.pi * v) > 0,                       # horizontal stripes
+      np.sin(3 * np.pi * u) > 0,                       # vertical stripes
+      np.sin(2.2 * np.pi * (u + v)) > 0,               # diagonal stripes
+      np.sin(2.2 * np.pi * (u - v)) > 0,               # anti-diagonal stripes
+      np.sin(2 * np.pi * u) * np.sin(2 * np.pi * v) > 0,  # checkerboard
+      r < 0.75,                                        # disc
+      np.abs(r - 0.6) < 0.22,                          # ring
+      (np.abs(u) < 0.25) | (np.abs(v) < 0.25),         # plus
+      np.maximum(np.abs(u), np.abs(v)) > 0.62,         # square outline
+      (np.abs(u - v) < 0.3) | (np.abs(u + v) < 0.3),   # X
+  ]
+  out = np.zeros((_NUM_PRIMITIVES, _PATCH, _PATCH, 4))
+  for k, mask in enumerate(masks):
+    out[k, ..., :3] = _PALETTE[k]
+    out[k, ..., 3] = mask
+  return out
+
+
+def _class_primitives(num_classes: int, label: int) -> tuple[int, int, bool]:
+  """(first, second, stacked): 10-class labels repeat one primitive anywhere; 100-class labels
+  put primitive label // 10 in the top half and label % 10 in the bottom half."""
+  if num_classes == 10:
+    return label, label, False
+  return label // 10, label % 10, True
+
+
+def _synthetic_chunk(num_classes: int, split_id: int, chunk: int, seed: int) -> Split:
+  """Renders examples [chunk * 256, (chunk + 1) * 256) of a split: noisy background, two shapes."""
+  rng = np.random.default_rng([seed, num_classes, split_id, chunk])
+  size, prims = 32, _primitives()
+  labels = rng.integers(0, num_classes, _CHUNK).astype(np.int32)
+  background = rng.uniform(0.0, 0.45, (_CHUNK, 1, 1, 3))
+  images = background + rng.normal(0.0, 0.08, (_CHUNK, size, size, 3))
+  gains = rng.uniform(0.65, 1.0, (_CHUNK, 2))
+  corners = rng.integers(0, size - _PATCH + 1, (_CHUNK, 2, 2))
+  for i, label in enumerate(labels):
+    first, second, stacked = _class_primitives(num_classes, int(label))
+    for slot, k in enumerate((first, second)):
+      y, x = corners[i, slot]
+      if stacked:  # keep each primitive in its own half
+        y = y // 2 + (size // 2 if slot else 0) - (_PATCH // 2 if slot else 0)
+        y = int(np.clip(y, 0, size - _PATCH))
+      alpha = prims[k, ..., 3:]
+      window = images[i, y:y + _PATCH, x:x + _PATCH]
+      window[...] = (1 - alpha) * window + alpha * gains[i, slot] * prims[k, ..., :3]
+  images = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+  return Split(images, labels)
+
+
+def synthetic_split(name: str, split: str, seed: int = 0) -> Split:
+  """A procedurally generated split ('synthetic10' / 'synthetic100'), deterministic per seed.
+
+  Both datasets draw on the same ten primitives, so features learned on one help the other.
+  Examples are generated in fixed chunks, so 'train[:1000]' is a prefix of 'train'.
+  """
+  require(name in SYNTHETIC, f"unknown synthetic dataset {name!r}: use one of {sorted(SYNTHETIC)}")
+  base, start, stop = _slice_bounds(split, SYNTHETIC_SIZES)
+  split_id = sorted(SYNTHETIC_SIZES).index(base)
+  chunks = [_synthetic_chunk(SYNTHETIC[name], split_id, c, seed)
+            for c in range(start // _CHUNK, (stop - 1) // _CHUNK + 1)]
+  offset = (start // _CHUNK) * _CHUNK
+  images = np.concatenate([c.images for c in chunks])[start - offset:stop - offset]
+  labels = np.concatenate([c.labels for c in chunks])[start - offset:stop - offset]
+  return Split(images, labels)
+
+
+# ------------------------------------------------------------------------------------------------
+# tfds datasets
+# ------------------------------------------------------------------------------------------------
+
+
+def _import_tfds():
+  """Imports tfds with TensorFlow kept off every GPU, so it never takes memory from JAX."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+  except ImportError:
+    pass  # reading prepared data works without TensorFlow for some formats
+  except RuntimeError:
+    pass  # TF already initialised its devices in this process; nothing left to hide
+  import tensorflow_datasets as tfds
+  return tfds
+
+
+@contextlib.contextmanager
+def _few_download_retries(retries: int = 4):
+  """tfds retries a failed download 10 times with exponential backoff (~3.5 minutes offline);
+  4 retries (~3 s of backoff) still ride out a blip but let an offline machine fail fast."""
+  from tensorflow_datasets.core.download import downloader
+  saved = downloader.MAX_RETRIES
+  downloader.MAX_RETRIES = retries
+  try:
+    yield
+  finally:
+    downloader.MAX_RETRIES = saved
+
+
+def _prepare_hint(name: str, data_dir: str) -> str:
+  return (f"prepare it on a machine with network access (`tfds build {name} --data_dir=DIR`) "
+          f"and copy DIR/{name} into {data_dir}")
+
+
+def tfds_builder(name: str, data_dir: str | None, download: bool = True):
+  """Returns a prepared tfds builder, downloading and preparing it if allowed and possible."""
+  tfds = _import_tfds()
+  data_dir = os.path.expanduser(data_dir) if data_dir else tfds.core.constants.DATA_DIR
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError and friends: one line, no traceback
+    raise UserError(f"tfds dataset {name!r} is unknown and not prepared in {data_dir}: "
+                    f"check the name, or {_prepare_hint(name, data_dir)}") from e
+  if not builder.is_prepared():
+    if not download:
+      raise UserError(f"tfds dataset {name!r} is not prepared in {data_dir}: "
+                      + _prepare_hint(name, data_dir))
+    try:
+      with _few_download_retries():
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except Exception as e:
+      reason = " ".join(str(e).split())[:160]
+      raise UserError(f"tfds dataset {name!r} is not prepared in {data_dir} and could not be "
+                      f"downloaded ({type(e).__name__}: {reason}); "
+                      + _prepare_hint(name, data_dir)) from e
+  features = builder.info.features
+  require("image" in features and "label" in features,
+          f"tfds dataset {name!r} has features {sorted(features)}; tlflax needs 'image' and "
+          "'label': choose an image-classification dataset")
+  return builder
+
+
+def tfds_split(name: str, split: str, data_dir: str | None, download: bool = True) -> tuple[Split, int]:
+  """Loads a whole tfds split into host memory; returns it and the number of classes."""
+  builder = tfds_builder(name, data_dir, download)
+  tfds = _import_tfds()
+  try:
+    ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
+  except Exception as e:
+    raise UserError(f"bad split {split!r} for tfds dataset {name!r} (splits: "
+                    f"{sorted(builder.info.splits)}): use a tfds split string such as "
+                    "'train' or 'train[:10%]'") from e
+  arrays = tfds.as_numpy(ds)
+  images = np.asarray(arrays["image"])
+  if images.ndim == 3:
+    images = images[..., None]
+  require(images.dtype == np.uint8 and images.ndim == 4,
+          f"tfds dataset {name!r} has images of dtype {images.dtype} and shape {images.shape[1:]}; "
+          "tlflax needs uint8 HxWxC images of one fixed size")
+  return Split(images, np.asarray(arrays["label"], np.int32)), builder.info.features["label"].num_classes
+
+
+# ------------------------------------------------------------------------------------------------
+# Adapting and normalising
+# ------------------------------------------------------------------------------------------------
+
+
+def balanced_subset(split: Split, examples_per_class: int, num_classes: int, seed: int) -> Split:
+  """Keeps `examples_per_class` examples of every class, chosen per seed, in dataset order."""
+  rng = np.random.default_rng(seed)
+  keep = []
+  for c in range(num_classes):
+    idx = np.flatnonzero(split.labels == c)
+    require(len(idx) >= examples_per_class,
+            f"examples_per_class={examples_per_class} but class {c} has only {len(idx)} "
+            "examples in this split: lower examples_per_class or widen train_split")
+    keep.append(rng.permutation(idx)[:examples_per_class])
+  keep = np.sort(np.concatenate(keep))
+  return Split(split.images[keep], split.labels[keep])
+
+
+def adapt_images(images: np.ndarray, image_size: int) -> np.ndarray:
+  """Turns uint8 (N, H, W, C) images into uint8 (N, S, S, 3): grey -> RGB, bilinear resize."""
+  channels = images.shape[-1]
+  require(channels in (1, 3),
+          f"images have {channels} channels; tlflax handles 1 (grey) or 3 (RGB)")
+  if channels == 1:
+    images = np.repeat(images, 3, axis=-1)
+  if images.shape[1:3] == (image_size, image_size):
+    return images
+  resize = jax.jit(lambda x: jnp.clip(jnp.round(jax.image.resize(
+      x.astype(jnp.float32), (x.shape[0], image_size, image_size, 3), "bilinear")), 0, 255
+  ).astype(jnp.uint8))
+  return np.concatenate([np.asarray(resize(images[i:i + 1024]))
+                         for i in range(0, len(images), 1024)])
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of uint8 images, in [0, 1] units (float64 accumulation)."""
+  total = np.zeros(3)
+  total_sq = np.zeros(3)
+  for i in range(0, len(images), 4096):
+    chunk = images[i:i + 4096].reshape(-1, 3).astype(np.float64) / 255.0
+    total += chunk.sum(0)
+    total_sq += (chunk**2).sum(0)
+  count = images.shape[0] * images.shape[1] * images.shape[2]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+  return mean.astype(np.float32), std.astype(np.float32)
+
+
+def load_task(ds_cfg, data_dir: str | None, seed: int) -> Task:
+  """Loads and adapts the train and test splits a phase config names (`source` or `target`)."""
+  name = ds_cfg.dataset
+  if name in SYNTHETIC:
+    train, test = (synthetic_split(name, s) for s in (ds_cfg.train_split, ds_cfg.test_split))
+    num_classes = SYNTHETIC[name]
+  else:
+    train, num_classes = tfds_split(name, ds_cfg.train_split, data_dir, ds_cfg.download)
+    test, _ = tfds_split(name, ds_cfg.test_split, data_dir, ds_cfg.download)
+  if ds_cfg.examples_per_class:
+    train = balanced_subset(train, ds_cfg.examples_per_class, num_classes, seed)
+  train = Split(adapt_images(train.images, ds_cfg.image_size), train.labels)
+  test = Split(adapt_images(test.images, ds_cfg.image_size), test.labels)
+  mean, std = channel_stats(train.images)
+  return Task(name, train, test, num_classes, mean, std)
+
+
+# ------------------------------------------------------------------------------------------------
+# On the device: batches, augmentation, evaluation padding
+# ------------------------------------------------------------------------------------------------
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 images to float32, standardised per channel."""
+  return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+def augment(key: jax.Array, images: jax.Array, crop_padding: int, flip: bool) -> jax.Array:
+  """Random crop after zero padding, and random horizontal flip, per example (uint8 in and out)."""
+  n, h, w, c = images.shape
+  crop_key, flip_key = jax.random.split(key)
+  if crop_padding:
+    p = crop_padding
+    padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+    offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * p + 1)
+    images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+        padded, offsets)
+  if flip:
+    flips = jax.random.bernoulli(flip_key, 0.5, (n,))
+    images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+  return images
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "crop_padding", "flip"))
+def train_batch(images, labels, perm, index, key, mean, std, *, batch_size: int,
+                crop_padding: int, flip: bool) -> dict:
+  """Batch `index` of the epoch order `perm`, augmented and normalised, built on the device."""
+  idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
+  batch_images = augment(key, images[idx], crop_padding, flip)
+  return {"image": normalize(batch_images, mean, std), "label": labels[idx]}
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def eval_batch(images, labels, index, mean, std, *, batch_size: int) -> dict:
+  """Batch `index` of a test split padded to whole batches; `mask` marks the real examples."""
+  start = index * batch_size
+  batch_images = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
+  batch_labels = jax.lax.dynamic_slice_in_dim(labels, start, batch_size)
+  return {"image": normalize(batch_images, mean, std), "label": batch_labels,
+          "mask": batch_labels >= 0}
+
+
+def pad_for_eval(split: Split, batch_size: int) -> Split:
+  """Pads a split to whole batches with blank images and label -1 (masked out in evaluation)."""
+  pad = -len(split) % batch_size
+  images = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:], np.uint8)])
+  labels = np.concatenate([split.labels, -np.ones(pad, np.int32)])
+  return Split(images, labels)

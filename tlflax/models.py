@@ -1,0 +1,98 @@
+"""ResNets for CIFAR-sized images: 3x3 stride-1 stem, no max-pool, global average pool, `head`.
+
+Parameter paths are meant to be read by freeze and learning-rate rules:
+`stem_conv`, `stem_bn`, `stage{i}_block{j}/{conv1,bn1,conv2,bn2,proj_conv,proj_bn}`, `head`.
+"""
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from tlflax.errors import UserError
+
+# torchvision's ResNet init (kaiming normal, fan_out), which the seed study used.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with a residual connection (projected when the shape changes)."""
+
+  filters: int
+  strides: int
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), name="conv2")(y)
+    y = self.norm(name="bn2")(y)
+    if x.shape != y.shape:
+      x = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """A CIFAR ResNet built from `stage_sizes` (blocks per stage); widths double per stage.
+
+  `dtype` is the compute precision; parameters and BatchNorm statistics stay float32 and the
+  logits are returned in float32. `axis_name` makes BatchNorm average its batch statistics over
+  that named axis (set it only when running under `shard_map` / `pmap`).
+  """
+
+  stage_sizes: Sequence[int]
+  num_classes: int
+  width: int = 64
+  block_cls: Any = BasicBlock
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init, padding="SAME")
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        dtype=self.dtype, axis_name=self.axis_name if train else None)
+    x = jnp.asarray(x, self.dtype)
+    x = conv(self.width, (3, 3), name="stem_conv")(x)
+    x = nn.relu(norm(name="stem_bn")(x))
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = self.block_cls(self.width * 2**i, strides, conv, norm,
+                           name=f"stage{i + 1}_block{j + 1}")(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    return jnp.asarray(x, jnp.float32)
+
+
+def ResNet18(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:  # noqa: N802
+  """The seed's CIFAR ResNet-18: BasicBlocks [2, 2, 2, 2]."""
+  return ResNet((2, 2, 2, 2), num_classes, width, BasicBlock, dtype, **kwargs)
+
+
+def ResNet34(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:  # noqa: N802
+  """CIFAR ResNet-34: BasicBlocks [3, 4, 6, 3]."""
+  return ResNet((3, 4, 6, 3), num_classes, width, BasicBlock, dtype, **kwargs)
+
+
+MODELS = {"resnet18": ResNet18, "resnet34": ResNet34}
+
+
+def create_model(name: str, num_classes: int, width: int = 64, dtype: str = "float32",
+                 axis_name: str | None = None) -> ResNet:
+  """Builds a model from config values; unknown names and dtypes are a `UserError`."""
+  if name not in MODELS:
+    raise UserError(f"unknown model.name {name!r}: choose one of {sorted(MODELS)}")
+  if dtype not in DTYPES:
+    raise UserError(f"unknown model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+  if width < 1:
+    raise UserError(f"model.width must be a positive integer, got {width}")
+  return MODELS[name](num_classes, width, DTYPES[dtype], axis_name=axis_name)

@@ -1,0 +1,101 @@
+"""What a run tells the user while it trains: metrics files, TensorBoard events, progress."""
+
+import json
+import os
+import sys
+import time
+
+from absl import logging
+
+_TB_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_top5",
+            "learning_rate", "img_per_s")
+
+
+class MetricsWriter:
+  """Appends one JSON object per evaluation to `metrics.jsonl` and mirrors it to TensorBoard."""
+
+  def __init__(self, run_dir: str):
+    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+    os.makedirs(run_dir, exist_ok=True)
+    self.path = os.path.join(run_dir, "metrics.jsonl")
+    self._tb = SummaryWriter(run_dir, flush_secs=30)
+
+  def write(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key in _TB_KEYS:
+      if key in record:
+        self._tb.add_scalar(key, record[key], record["step"])
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._tb.close()
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+  """The records of a run's `metrics.jsonl` (empty if there is none)."""
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _fmt_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+  """A tqdm bar per epoch on a terminal; plain log lines (loss, img/s, ETA) otherwise."""
+
+  def __init__(self, label: str, epochs: int, steps_per_epoch: int, batch_size: int,
+               log_every_steps: int, stream=None):
+    self.label = label
+    self.epochs = epochs
+    self.steps = steps_per_epoch
+    self.batch_size = batch_size
+    self.every = max(1, log_every_steps)
+    self.stream = stream or sys.stderr
+    self.tty = self.stream.isatty()
+    self._bar = None
+    self._done_steps = 0  # over the whole phase, for the ETA
+    self._phase_t0 = time.perf_counter()
+
+  def note(self, message: str) -> None:
+    if self._bar is not None:
+      self._bar.write(f"[{self.label}] {message}")
+    else:
+      logging.info("[%s] %s", self.label, message)
+
+  def start_epoch(self, epoch: int) -> None:
+    self.epoch = epoch
+    self._last = 0
+    self._epoch_t0 = time.perf_counter()
+    if self.tty:
+      from tqdm import tqdm
+      self._bar = tqdm(total=self.steps, desc=f"{self.label} epoch {epoch + 1}/{self.epochs}",
+                       unit="step", file=self.stream, leave=False, dynamic_ncols=True)
+
+  def wants_update(self, step_in_epoch: int) -> bool:
+    return (step_in_epoch + 1) % self.every == 0 or step_in_epoch + 1 == self.steps
+
+  def update(self, steps_done: int, mean_loss: float) -> None:
+    now = time.perf_counter()
+    img_s = steps_done * self.batch_size / max(now - self._epoch_t0, 1e-9)
+    self._done_steps += steps_done - self._last
+    if self._bar is not None:
+      self._bar.update(steps_done - self._last)
+      self._bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{img_s:.0f}")
+    else:
+      remaining = self.epochs * self.steps - self._done_steps
+      eta = remaining * (now - self._phase_t0) / max(self._done_steps, 1)
+      logging.info("[%s] epoch %d/%d step %d/%d loss %.4f %.0f img/s eta %s", self.label,
+                   self.epoch + 1, self.epochs, steps_done, self.steps, mean_loss, img_s,
+                   _fmt_duration(eta))
+    self._last = steps_done
+
+  def end_epoch(self, train_loss: float) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None

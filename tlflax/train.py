@@ -1,0 +1,243 @@
+"""Training state, per-shard train/eval steps, and the epoch loop of one training phase.
+
+The steps are pure functions written for one shard: every cross-device mean goes through
+`axis_name`, so the same function runs under plain `jax.jit` (axis_name=None, one device) and
+later under `jax.shard_map` / `jax.pmap` (axis_name='data') without change.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tlflax import data as data_lib
+from tlflax import models
+from tlflax.errors import require
+from tlflax.monitor import MetricsWriter, Progress
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; the model and optimizer stay outside as statics."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer
+# ------------------------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(phase, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up from 0 over `warmup_epochs`, then cosine decay to 0 at the last step."""
+  total = phase.epochs * steps_per_epoch
+  warmup = min(int(round(phase.warmup_epochs * steps_per_epoch)), total - 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=phase.learning_rate, warmup_steps=warmup,
+      decay_steps=total, end_value=0.0)
+
+
+def make_optimizer(phase, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD (nesterov momentum) with weight decay added to the gradient, as PyTorch's SGD does."""
+  return optax.chain(
+      optax.add_decayed_weights(phase.weight_decay),
+      optax.sgd(learning_rate_schedule(phase, steps_per_epoch), momentum=phase.momentum or None,
+                nesterov=phase.nesterov and bool(phase.momentum)))
+
+
+def create_train_state(model, tx, key: jax.Array, image_shape, variables=None) -> TrainState:
+  """Initialises variables (unless given, e.g. restored for transfer) and the optimizer state."""
+  if variables is None:
+    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))(key, dummy)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+# ------------------------------------------------------------------------------------------------
+# Steps (per shard)
+# ------------------------------------------------------------------------------------------------
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy with integer labels, in float32."""
+  num_classes = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
+      if label_smoothing else jax.nn.one_hot(labels, num_classes)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _mean_over(x, axis_name):
+  return jax.lax.pmean(x, axis_name) if axis_name else x
+
+
+def _sum_over(x, axis_name):
+  return jax.lax.psum(x, axis_name) if axis_name else x
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, axis_name: str | None = None,
+               label_smoothing: float = 0.0) -> tuple[TrainState, dict]:
+  """One SGD step on this shard's batch; gradients and BN statistics are averaged over axis_name."""
+  model = model.clone(axis_name=axis_name)
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                  batch["image"], train=True, mutable=["batch_stats"])
+    loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+    return loss, (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = _mean_over(grads, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state)
+  return new_state, _mean_over(metrics, axis_name)
+
+
+def eval_step(state: TrainState, batch: dict, *, model, axis_name: str | None = None) -> dict:
+  """Sums of loss, top-1 and top-5 hits and the example count over the masked batch."""
+  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                       batch["image"], train=False)
+  mask = batch["mask"]
+  labels = jnp.where(mask, batch["label"], 0)
+  loss = cross_entropy(logits, labels)
+  k = min(5, logits.shape[-1])
+  top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+  sums = {
+      "loss": jnp.sum(jnp.where(mask, loss, 0.0)),
+      "correct": jnp.sum(mask & (jnp.argmax(logits, -1) == labels)),
+      "correct_top5": jnp.sum(mask & top5),
+      "count": jnp.sum(mask),
+  }
+  return _sum_over(sums, axis_name)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PhaseResult:
+  """What a finished phase hands back: final state, its model, and the metric history."""
+
+  state: TrainState
+  model: Any
+  history: list[dict]
+  summary: dict
+
+
+def evaluate(eval_fn: Callable, state: TrainState, test: data_lib.Split, mean, std,
+             batch_size: int) -> dict:
+  """Covers every test example exactly once (padded, masked batches of one fixed shape)."""
+  totals = None
+  for i in range(len(test) // batch_size):
+    batch = data_lib.eval_batch(test.images, test.labels, i, mean, std, batch_size=batch_size)
+    sums = eval_fn(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = int(totals["count"])
+  return {"test_loss": float(totals["loss"]) / count,
+          "test_accuracy": float(totals["correct"]) / count,
+          "test_top5": float(totals["correct_top5"]) / count,
+          "test_count": count}
+
+
+def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, log_every_steps: int = 50,
+        eval_every_epochs: int = 1, variables=None, label: str = "") -> PhaseResult:
+  """Trains a model on `task` for `phase.epochs`, evaluating and writing metrics to `run_dir`."""
+  t_start = time.perf_counter()
+  n_train = len(task.train)
+  batch_size = phase.batch_size
+  require(batch_size <= n_train,
+          f"batch_size {batch_size} exceeds the {n_train} training examples of {task.name}: "
+          f"lower batch_size or widen train_split")
+  steps_per_epoch = n_train // batch_size
+  eval_bs = min(phase.eval_batch_size, len(task.test))
+  model = models.create_model(model_cfg.name, task.num_classes, model_cfg.width, model_cfg.dtype)
+  tx = make_optimizer(phase, steps_per_epoch)
+  schedule = learning_rate_schedule(phase, steps_per_epoch)
+
+  init_key, order_key, aug_key = jax.random.split(jax.random.key(seed), 3)
+  image_shape = task.train.images.shape[1:]
+  state = create_train_state(model, tx, init_key, image_shape, variables)
+
+  train_images, train_labels = jax.device_put((task.train.images, task.train.labels))
+  test = data_lib.pad_for_eval(task.test, eval_bs)
+  test = data_lib.Split(*jax.device_put((test.images, test.labels)))
+  mean, std = jnp.asarray(task.mean), jnp.asarray(task.std)
+  make_batch = functools.partial(data_lib.train_batch, batch_size=batch_size,
+                                 crop_padding=phase.crop_padding, flip=phase.flip)
+
+  # Compile ahead of the loop so img/s measures training, not compilation.
+  t_compile = time.perf_counter()
+  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx,
+                                      label_smoothing=phase.label_smoothing), donate_argnums=0)
+  example = make_batch(train_images, train_labels, jnp.arange(n_train), 0, aug_key, mean, std)
+  step_fn = step_fn.lower(state, example).compile()
+  eval_fn = jax.jit(functools.partial(eval_step, model=model))
+  eval_example = data_lib.eval_batch(test.images, test.labels, 0, mean, std, batch_size=eval_bs)
+  eval_fn = eval_fn.lower(state, eval_example).compile()
+  compile_s = time.perf_counter() - t_compile
+
+  writer = MetricsWriter(run_dir)
+  progress = Progress(label, phase.epochs, steps_per_epoch, batch_size, log_every_steps)
+  progress.note(f"{task.name}: {n_train} train / {len(task.test)} test examples, "
+                f"{task.num_classes} classes, {steps_per_epoch} steps/epoch, "
+                f"{count_params(state.params):,} params, compiled in {compile_s:.1f}s")
+  history: list[dict] = []
+  train_s = 0.0
+  for epoch in range(phase.epochs):
+    t_epoch = time.perf_counter()
+    perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
+    sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
+    progress.start_epoch(epoch)
+    for i in range(steps_per_epoch):
+      step_key = jax.random.fold_in(aug_key, epoch * steps_per_epoch + i)
+      batch = make_batch(train_images, train_labels, perm, i, step_key, mean, std)
+      state, metrics = step_fn(state, batch)
+      sums = jax.tree.map(jnp.add, sums, metrics)
+      if progress.wants_update(i):
+        progress.update(i + 1, float(sums["loss"]) / (i + 1))
+    sums = jax.device_get(sums)
+    epoch_s = time.perf_counter() - t_epoch
+    train_s += epoch_s
+    train_loss = float(sums["loss"]) / steps_per_epoch
+    progress.end_epoch(train_loss)
+    if (epoch + 1) % eval_every_epochs and epoch + 1 != phase.epochs:
+      continue
+    record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": train_loss,
+              "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
+              **evaluate(eval_fn, state, test, mean, std, eval_bs),
+              "learning_rate": float(schedule(int(state.step) - 1)),
+              "epoch_s": epoch_s, "img_per_s": steps_per_epoch * batch_size / epoch_s,
+              "wall_s": time.perf_counter() - t_start}
+    writer.write(record)
+    progress.note(f"epoch {epoch + 1}: train_loss {train_loss:.4f} test_loss "
+                  f"{record['test_loss']:.4f} test_acc {record['test_accuracy']:.4f} "
+                  f"top5 {record['test_top5']:.4f} ({record['img_per_s']:.0f} img/s)")
+    history.append(record)
+  writer.close()
+  summary = {"dataset": task.name, "num_classes": task.num_classes, "train_examples": n_train,
+             "test_examples": len(task.test), "params": count_params(state.params),
+             "compile_s": compile_s, "train_s": train_s,
+             "wall_s": time.perf_counter() - t_start,
+             "mean": task.mean.tolist(), "std": task.std.tolist(), "final": history[-1]}
+  return PhaseResult(state, model, history, summary)
+
+
+def count_params(params) -> int:
+  """Number of scalar parameters in a tree."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
