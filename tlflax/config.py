@@ -51,6 +51,8 @@ _NON_NEGATIVE = ("examples_per_class", "learning_rate", "weight_decay", "warmup_
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a one-line `UserError` for the first value no run could use."""
+  from tlflax import models
+  models.create_model(config.model.name, 2, config.model.width, config.model.dtype)
   for name in ("source", "target"):
     phase = config[name]
     for key in _POSITIVE:

@@ -1,0 +1,134 @@
+"""Shared fixtures: tiny CIFAR archives prepared through tfds's own builders, small configs."""
+
+import io
+import os
+import pathlib
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+CIFAR10_TRAIN_PER_FILE = 12  # x 5 data_batch files
+CIFAR10_TEST = 30
+CIFAR100_TRAIN = 200  # 2 per class
+CIFAR100_TEST = 100
+
+
+def _cifar_records(rng, n, num_classes, coarse: bool):
+  """Records in the official CIFAR binary layout: [coarse] label, then 1024 R, G, B bytes."""
+  labels = np.arange(n) % num_classes
+  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  rows = []
+  for label, image in zip(labels, images):
+    head = [label // 5, label] if coarse else [label]
+    rows.append(bytes(head) + image.transpose(2, 0, 1).tobytes())
+  return b"".join(rows), images, labels
+
+
+def _add(tar, name, payload: bytes):
+  info = tarfile.TarInfo(name)
+  info.size = len(payload)
+  tar.addfile(info, io.BytesIO(payload))
+
+
+def make_cifar10_archive(path: pathlib.Path, seed: int = 0) -> dict:
+  """Writes cifar-10-binary.tar.gz as the official one is laid out; returns what it holds."""
+  rng = np.random.default_rng(seed)
+  out = {"train": ([], []), "test": ([], [])}
+  with tarfile.open(path, "w:gz") as tar:
+    for i in range(1, 6):
+      blob, images, labels = _cifar_records(rng, CIFAR10_TRAIN_PER_FILE, 10, coarse=False)
+      _add(tar, f"cifar-10-batches-bin/data_batch_{i}.bin", blob)
+      out["train"][0].append(images)
+      out["train"][1].append(labels)
+    blob, images, labels = _cifar_records(rng, CIFAR10_TEST, 10, coarse=False)
+    _add(tar, "cifar-10-batches-bin/test_batch.bin", blob)
+    out["test"] = ([images], [labels])
+    names = "\n".join(f"class{i}" for i in range(10)) + "\n"
+    _add(tar, "cifar-10-batches-bin/batches.meta.txt", names.encode())
+  return {k: (np.concatenate(v[0]), np.concatenate(v[1])) for k, v in out.items()}
+
+
+def make_cifar100_archive(path: pathlib.Path, seed: int = 1) -> dict:
+  """Writes cifar-100-binary.tar.gz (coarse + fine label bytes per record)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  with tarfile.open(path, "w:gz") as tar:
+    for split, n in (("train", CIFAR100_TRAIN), ("test", CIFAR100_TEST)):
+      blob, images, labels = _cifar_records(rng, n, 100, coarse=True)
+      _add(tar, f"cifar-100-binary/{split}.bin", blob)
+      out[split] = (images, labels)
+    _add(tar, "cifar-100-binary/coarse_label_names.txt",
+         ("\n".join(f"coarse{i}" for i in range(20)) + "\n").encode())
+    _add(tar, "cifar-100-binary/fine_label_names.txt",
+         ("\n".join(f"fine{i}" for i in range(100)) + "\n").encode())
+  return out
+
+
+def _define_tiny_grey(tfds):
+  """A 28x28x1 image-classification builder, to test grey, odd-sized tfds data end to end."""
+
+  class TinyGrey(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(28, 28, 1)),
+          "label": tfds.features.ClassLabel(num_classes=4)}), supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(40, 0), "test": self._generate_examples(12, 1)}
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {"image": rng.integers(0, 256, (28, 28, 1), dtype=np.uint8), "label": i % 4}
+
+  return TinyGrey
+
+
+@pytest.fixture(scope="session")
+def tfds_data(tmp_path_factory):
+  """A data_dir holding cifar10, cifar100 and tiny_grey, prepared by tfds's builders.
+
+  Only the download step is replaced: it hands tfds our archive instead of fetching the URL;
+  tfds itself extracts it and parses the binary records.
+  """
+  from tlflax import data as data_lib
+  tfds = data_lib._import_tfds()
+  from etils import epath
+  from tensorflow_datasets.core.download import download_manager
+  import promise
+
+  root = tmp_path_factory.mktemp("tfds")
+  archives = {"cifar10": root / "cifar-10-binary.tar.gz", "cifar100": root / "cifar-100-binary.tar.gz"}
+  contents = {"cifar10": make_cifar10_archive(archives["cifar10"]),
+              "cifar100": make_cifar100_archive(archives["cifar100"])}
+  by_url = {"cifar-10-binary.tar.gz": archives["cifar10"],
+            "cifar-100-binary.tar.gz": archives["cifar100"]}
+
+  def fake_download(self, resource):
+    return promise.Promise.resolve(epath.Path(by_url[resource.url.rsplit("/", 1)[-1]]))
+
+  data_dir = root / "data"
+  mp = pytest.MonkeyPatch()
+  mp.setattr(download_manager.DownloadManager, "_download_or_get_cache", fake_download)
+  try:
+    for name in ("cifar10", "cifar100"):
+      tfds.builder(name, data_dir=str(data_dir)).download_and_prepare()
+    _define_tiny_grey(tfds)(data_dir=str(data_dir)).download_and_prepare()
+  finally:
+    mp.undo()
+  return {"data_dir": str(data_dir), **contents}
+
+
+def run_cli(args, tmp_path, timeout=600, env=None):
+  """Runs `python -m tlflax.main ARGS` in a subprocess from the repo root."""
+  import subprocess
+  full_env = {**os.environ, "TLFLAX_JAX_CACHE": str(tmp_path / "jax_cache"), **(env or {})}
+  return subprocess.run([sys.executable, "-m", "tlflax.main", *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)

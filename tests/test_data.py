@@ -1,0 +1,152 @@
+"""Synthetic datasets, split strings, adaptation, normalisation and on-device augmentation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tlflax import data
+from tlflax.errors import UserError
+
+
+def test_synthetic_is_deterministic_per_seed_and_slices_are_prefixes():
+  a = data.synthetic_split("synthetic100", "train[:600]", seed=3)
+  b = data.synthetic_split("synthetic100", "train[:600]", seed=3)
+  c = data.synthetic_split("synthetic100", "train[:600]", seed=4)
+  part = data.synthetic_split("synthetic100", "train[300:400]", seed=3)
+  np.testing.assert_array_equal(a.images, b.images)
+  np.testing.assert_array_equal(a.labels, b.labels)
+  assert np.mean(a.images != c.images) > 0.5
+  np.testing.assert_array_equal(part.images, a.images[300:400])
+  np.testing.assert_array_equal(part.labels, a.labels[300:400])
+
+
+@pytest.mark.parametrize("name,classes", [("synthetic10", 10), ("synthetic100", 100)])
+def test_synthetic_shapes_and_label_range(name, classes):
+  split = data.synthetic_split(name, "test[:1000]")
+  assert split.images.shape == (1000, 32, 32, 3) and split.images.dtype == np.uint8
+  assert split.labels.dtype == np.int32
+  assert split.labels.min() >= 0 and split.labels.max() == classes - 1
+  assert len(np.unique(split.labels)) == classes
+
+
+def test_synthetic_classes_share_primitives():
+  """A 100-class image (a, b) shows the colours of 10-class images a and b."""
+  ten = data.synthetic_split("synthetic10", "train[:2000]")
+  hundred = data.synthetic_split("synthetic100", "train[:2000]")
+  prims = data._primitives()
+  for split, classes in ((ten, 10), (hundred, 100)):
+    for label in (0, 7) if classes == 10 else (7, 70):
+      image = split.images[split.labels == label][0].astype(float) / 255
+      first, second, _ = data._class_primitives(classes, label)
+      for k in (first, second):
+        colour = prims[k, 0, 0, :3]
+        # the primitive's colour (scaled by a gain in [0.65, 1]) appears somewhere in the image
+        ratio = image / colour
+        close = np.all(np.abs(ratio - ratio.mean(-1, keepdims=True)) < 0.08, -1)
+        assert close.sum() >= 8, (classes, label, k)
+
+
+@pytest.mark.parametrize("split,expected", [
+    ("train", (0, 50_000)), ("test[:500]", (0, 500)), ("train[10%:20%]", (5000, 10000)),
+    ("test[-100:]", (9900, 10000))])
+def test_split_strings(split, expected):
+  assert data._slice_bounds(split, data.SYNTHETIC_SIZES)[1:] == expected
+
+
+@pytest.mark.parametrize("split", ["validation", "train[5:5]", "train[:x]"])
+def test_bad_split_strings_are_user_errors(split):
+  with pytest.raises(UserError):
+    data.synthetic_split("synthetic10", split)
+
+
+def test_balanced_subset_takes_k_per_class_deterministically():
+  split = data.synthetic_split("synthetic10", "train[:1000]")
+  a = data.balanced_subset(split, 7, 10, seed=1)
+  b = data.balanced_subset(split, 7, 10, seed=1)
+  c = data.balanced_subset(split, 7, 10, seed=2)
+  assert np.bincount(a.labels, minlength=10).tolist() == [7] * 10
+  np.testing.assert_array_equal(a.images, b.images)
+  assert not np.array_equal(a.images, c.images)
+  with pytest.raises(UserError, match="examples_per_class"):
+    data.balanced_subset(split, 1000, 10, seed=0)
+
+
+def test_adapt_images_grey_to_rgb_and_resize():
+  grey = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+  out = data.adapt_images(grey, 32)
+  assert out.shape == (5, 32, 32, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[..., 0], out[..., 2])
+  same = data.adapt_images(np.repeat(grey, 3, -1), 28)
+  np.testing.assert_array_equal(same, np.repeat(grey, 3, -1))  # right size: untouched
+  flat = data.adapt_images(np.full((2, 28, 28, 3), 77, np.uint8), 32)
+  assert np.all(flat == 77)  # resizing a constant image keeps it constant
+
+
+def test_channel_stats_match_numpy():
+  images = np.random.default_rng(0).integers(0, 256, (9000, 4, 4, 3), dtype=np.uint8)
+  mean, std = data.channel_stats(images)
+  ref = images.reshape(-1, 3) / 255.0
+  np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(std, ref.std(0), rtol=1e-5)
+
+
+def _batch_of(images, **kw):
+  n = len(images)
+  labels = jnp.arange(n, dtype=jnp.int32)
+  batch = data.train_batch(jnp.asarray(images), labels, jnp.arange(n), 0, jax.random.key(0),
+                           jnp.zeros(3), jnp.ones(3) / 255.0, batch_size=n, **kw)
+  return np.asarray(batch["image"]).round().astype(np.int64)  # undoes the /255 normalisation
+
+
+def test_flip_happens_to_about_half_and_keeps_shapes():
+  images = np.random.default_rng(0).integers(0, 256, (400, 8, 8, 3), dtype=np.uint8)
+  out = _batch_of(images, crop_padding=0, flip=True)
+  assert out.shape == images.shape
+  flipped = np.all(out == images[:, :, ::-1], axis=(1, 2, 3))
+  kept = np.all(out == images, axis=(1, 2, 3))
+  assert np.all(flipped | kept)
+  assert 150 < flipped.sum() < 250
+
+
+def test_crop_is_a_shifted_window_of_the_zero_padded_image():
+  images = np.random.default_rng(1).integers(1, 256, (200, 8, 8, 3), dtype=np.uint8)
+  out = _batch_of(images, crop_padding=2, flip=False)
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  offsets = []
+  for img, pad in zip(out, padded):
+    hits = [(dy, dx) for dy in range(5) for dx in range(5)
+            if np.array_equal(pad[dy:dy + 8, dx:dx + 8], img)]
+    assert len(hits) == 1
+    offsets.append(hits[0])
+  assert len(set(offsets)) >= 20  # all 25 offsets are possible; most should appear
+  assert sum(o != (2, 2) for o in offsets) > 150  # most images really move
+
+
+def test_eval_batches_are_untouched_and_masked():
+  split = data.synthetic_split("synthetic10", "test[:37]")
+  mean, std = data.channel_stats(split.images)
+  padded = data.pad_for_eval(split, 16)
+  assert len(padded) == 48
+  seen = 0
+  for i in range(3):
+    batch = data.eval_batch(jnp.asarray(padded.images), jnp.asarray(padded.labels), i, mean, std,
+                            batch_size=16)
+    mask = np.asarray(batch["mask"])
+    real = split.images[i * 16:(i + 1) * 16]
+    expected = (real / 255.0 - mean) / std
+    np.testing.assert_allclose(np.asarray(batch["image"])[:len(real)], expected, atol=1e-5)
+    seen += mask.sum()
+    assert mask.sum() == len(real)
+  assert seen == 37
+
+
+def test_load_task_synthetic_normalises_with_train_statistics():
+  from tlflax.config import phase_config
+  phase = phase_config("synthetic10", 1, train_split="train[:512]", test_split="test[:64]",
+                       examples_per_class=20)
+  task = data.load_task(phase, None, seed=0)
+  assert task.num_classes == 10 and len(task.train) == 200 and len(task.test) == 64
+  norm = (task.train.images / 255.0 - task.mean) / task.std
+  np.testing.assert_allclose(norm.reshape(-1, 3).mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(norm.reshape(-1, 3).std(0), 1, atol=1e-4)

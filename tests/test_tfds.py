@@ -1,0 +1,72 @@
+"""The tfds path: official CIFAR binary archives prepared by tfds's builders, loaded by tlflax."""
+
+import numpy as np
+import pytest
+
+from conftest import CIFAR10_TEST, CIFAR10_TRAIN_PER_FILE, CIFAR100_TEST, CIFAR100_TRAIN, run_cli
+from tlflax import data
+from tlflax.config import phase_config
+from tlflax.errors import UserError
+
+
+def _pairs(images, labels):
+  """Order-free view of a split: {image bytes: label}. tfds shuffles records when preparing."""
+  return {img.tobytes(): int(lab) for img, lab in zip(images, labels)}
+
+
+@pytest.mark.parametrize("name,classes,n_train,n_test", [
+    ("cifar10", 10, 5 * CIFAR10_TRAIN_PER_FILE, CIFAR10_TEST),
+    ("cifar100", 100, CIFAR100_TRAIN, CIFAR100_TEST)])
+def test_cifar_loads_exactly_what_the_archive_holds(tfds_data, name, classes, n_train, n_test):
+  task = data.load_task(phase_config(name, 1, download=False), tfds_data["data_dir"], seed=0)
+  assert task.num_classes == classes
+  assert task.train.images.shape == (n_train, 32, 32, 3) and task.train.images.dtype == np.uint8
+  assert task.test.images.shape == (n_test, 32, 32, 3)
+  for split in ("train", "test"):
+    got = getattr(task, split)
+    assert got.labels.min() >= 0 and got.labels.max() < classes
+    assert _pairs(got.images, got.labels) == _pairs(*tfds_data[name][split])
+  source = tfds_data[name]["train"][0].reshape(-1, 3) / 255.0
+  np.testing.assert_allclose(task.mean, source.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(task.std, source.std(0), rtol=1e-5)
+
+
+def test_tfds_split_strings_and_examples_per_class(tfds_data):
+  half = data.load_task(phase_config("cifar10", 1, train_split="train[:50%]", download=False),
+                        tfds_data["data_dir"], seed=0)
+  assert len(half.train) == 5 * CIFAR10_TRAIN_PER_FILE // 2
+  few = data.load_task(phase_config("cifar100", 1, examples_per_class=1, download=False),
+                       tfds_data["data_dir"], seed=0)
+  assert sorted(few.train.labels.tolist()) == list(range(100))
+
+
+def test_grey_28x28_dataset_is_adapted_to_rgb_32(tfds_data):
+  task = data.load_task(phase_config("tiny_grey", 1, download=False), tfds_data["data_dir"], 0)
+  assert task.num_classes == 4
+  assert task.train.images.shape == (40, 32, 32, 3) and task.test.images.shape == (12, 32, 32, 3)
+  np.testing.assert_array_equal(task.train.images[..., 0], task.train.images[..., 1])
+  assert set(task.train.labels.tolist()) == {0, 1, 2, 3}
+
+
+def test_unprepared_dataset_without_download_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match=r"not prepared in .*tfds build cifar10"):
+    data.load_task(phase_config("cifar10", 1, download=False), str(tmp_path), seed=0)
+
+
+def test_bad_tfds_split_is_a_user_error(tfds_data):
+  with pytest.raises(UserError, match="bad split 'validation'"):
+    data.load_task(phase_config("cifar10", 1, train_split="validation", download=False),
+                   tfds_data["data_dir"], seed=0)
+
+
+def test_offline_download_fails_in_one_line_with_exit_2(tmp_path):
+  """The real tfds download path, pointed at a closed local port, must end in one line."""
+  result = run_cli(["--mode=scratch", "--config=configs/smoke.py",
+                    "--config.target.dataset=cifar10", f"--config.data_dir={tmp_path / 'dd'}",
+                    f"--workdir={tmp_path / 'w'}"], tmp_path,
+                   env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"},
+                   timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("tlflax: error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr
+  assert "cifar10" in errors[0] and "tfds build cifar10" in errors[0] and str(tmp_path) in errors[0]
