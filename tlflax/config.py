@@ -23,11 +23,30 @@ def phase_config(dataset: str, epochs: int, **overrides) -> ml_collections.Confi
       "nesterov": True,
       "warmup_epochs": 1.0,
       "label_smoothing": 0.0,
+      "grad_clip_norm": 0.0,  # 0: no clipping; else global-norm clipping of trainable gradients
       "crop_padding": 4,
       "flip": True,
   })
   phase.update(overrides)
   return phase
+
+
+def transfer_config(**overrides) -> ml_collections.ConfigDict:
+  """How the target starts from the source: what is loaded, re-initialised, frozen, how fast.
+
+  Not type-safe, so `freeze` can be a policy string or a tuple of regexes.
+  """
+  transfer = ml_collections.ConfigDict({
+      "init_from": "",  # run folder or checkpoint; '' -> DIR/pretrain, pretrained first if needed
+      "reinit": ("^head/",),  # regexes of leaves that get a fresh init instead of the source's
+      "freeze": "none",  # 'none' | 'backbone' | 'stages:N' | tuple of regexes
+      "frozen_bn": "running",  # frozen BatchNorms: 'running' averages, or 'adapt' (batch stats)
+      "lr_mult": (),  # ((regex, factor), ...): first match scales that parameter's learning rate
+      "layer_decay": 1.0,  # stage k below the head trains at lr * layer_decay**k
+      "unfreeze": (),  # ((epoch, policy), ...): gradual unfreezing, e.g. ((2, 'stages:3'),)
+  }, type_safe=False)
+  transfer.update(overrides)
+  return transfer
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,6 +58,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict({"name": "resnet18", "width": 64, "dtype": "float32"})
   config.source = phase_config("cifar10", epochs=30)
   config.target = phase_config("cifar100", epochs=100)
+  config.transfer = transfer_config()
+  config.checkpoint = ml_collections.ConfigDict({
+      "keep": 2,  # the latest `keep` checkpoints ...
+      "keep_best": True,  # ... and the best by test accuracy
+      "every_epochs": 1,
+      "async_save": True,
+  })
   config.log_every_steps = 50
   config.eval_every_epochs = 1
   return config
@@ -74,5 +100,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if phase.crop_padding >= phase.image_size:
       raise UserError(f"config.{name}.crop_padding ({phase.crop_padding}) must be below "
                       f"image_size ({phase.image_size})")
+    if phase.grad_clip_norm < 0:
+      raise UserError(f"config.{name}.grad_clip_norm must be >= 0, got {phase.grad_clip_norm}")
+  if config.checkpoint.keep < 1 or config.checkpoint.every_epochs < 1:
+    raise UserError("config.checkpoint.keep and config.checkpoint.every_epochs must be >= 1")
+  _validate_transfer(config)
   if config.log_every_steps <= 0 or config.eval_every_epochs <= 0:
     raise UserError("config.log_every_steps and config.eval_every_epochs must be positive")
+
+
+def _validate_transfer(config) -> None:
+  """Checks the transfer block's shapes; regexes are checked against real parameter paths later."""
+  from tlflax import models, transfer
+  t = config.transfer
+  stages = models.num_stages(config.model.name)
+  if isinstance(t.freeze, str):
+    transfer.freeze_patterns(t.freeze, stages)
+  if t.frozen_bn not in ("running", "adapt"):
+    raise UserError(f"config.transfer.frozen_bn must be 'running' or 'adapt', got {t.frozen_bn!r}")
+  if not 0 < t.layer_decay <= 1:
+    raise UserError(f"config.transfer.layer_decay must be in (0, 1], got {t.layer_decay}")
+  for entry in t.unfreeze:
+    if len(entry) != 2 or not isinstance(entry[0], int) or entry[0] < 0:
+      raise UserError(f"config.transfer.unfreeze entries are (epoch, policy) pairs, got {entry!r}")
+    if isinstance(entry[1], str):
+      transfer.freeze_patterns(entry[1], stages)
+  for entry in t.lr_mult:
+    if len(entry) != 2 or not isinstance(entry[1], (int, float)) or entry[1] < 0:
+      raise UserError(f"config.transfer.lr_mult entries are (regex, factor >= 0) pairs, "
+                      f"got {entry!r}")
+  if isinstance(t.reinit, str):
+    raise UserError("config.transfer.reinit is a tuple of regexes, e.g. \"('^head/',)\"")

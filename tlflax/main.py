@@ -1,11 +1,18 @@
 """Command line: `python -m tlflax.main --mode=MODE --config=PATH --workdir=DIR [--config.KEY=V]`.
 
-Modes: `pretrain` trains on the source dataset into DIR/pretrain/; `scratch` trains on the
-target dataset from random weights into DIR/scratch/. Every mistake a user can make ends in one
-line on stderr and exit code 2.
+Modes:
+  pretrain  train on the source dataset                         -> DIR/pretrain/
+  scratch   train on the target dataset from random weights     -> DIR/scratch/
+  transfer  start from the source model, new head, target data  -> DIR/transfer/
+  compare   scratch and transfer for every seed in config.seeds, sharing one pretraining,
+            then the report                                     -> DIR/{scratch,transfer}/seed_N/
+  report    redraw DIR/report/ from the metrics on disk
+Rerunning a command on the same workdir resumes interrupted runs and reuses finished ones.
+Every mistake a user can make ends in one line on stderr and exit code 2.
 """
 
 import json
+import logging as logging_std
 import os
 import pathlib
 import sys
@@ -15,11 +22,11 @@ from ml_collections import config_flags
 
 from tlflax.errors import UserError
 
-MODES = ("pretrain", "scratch")
+MODES = ("pretrain", "scratch", "transfer", "compare", "report")
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "cifar10_to_cifar100.py"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("mode", "scratch", f"What to run: one of {', '.join(MODES)}.")
+flags.DEFINE_string("mode", "compare", f"What to run: one of {', '.join(MODES)}.")
 flags.DEFINE_string("workdir", "runs", "Folder that receives one sub-folder per run.")
 try:
   # Without --config, config_flags loads the default and applies --config.KEY overrides from
@@ -69,6 +76,13 @@ def _first_line(e: BaseException) -> str:
   return text.splitlines()[0] if text else type(e).__name__
 
 
+class _OwnInfoOnly(logging_std.Filter):
+  """INFO lines from tlflax only; other libraries (orbax, jax, tfds) still show warnings."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging_std.WARNING or f"{os.sep}tlflax{os.sep}" in record.pathname
+
+
 def _setup_jax() -> None:
   """Persistent compilation cache: a rerun of the same config skips XLA compilation."""
   import jax
@@ -78,18 +92,46 @@ def _setup_jax() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _prepare_run_dir(workdir: str, name: str) -> str:
-  """Creates DIR/name; refuses a folder that already holds a run, so nothing is overwritten."""
-  run_dir = os.path.join(workdir, name)
-  if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-    raise UserError(f"{run_dir} already holds a run (metrics.jsonl): choose another --workdir "
-                    "or move that folder away")
+# Which config blocks decide a run's result: a resumed or reused run must agree on them.
+_RELEVANT = {"pretrain": ("seed", "model", "source"), "scratch": ("seed", "model", "target"),
+             "transfer": ("seed", "model", "target", "transfer")}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, (list, tuple)) else v
+  return out
+
+
+def _open_run_dir(run_dir: str, mode: str, config) -> None:
+  """Creates the run folder and its config.json, or checks that an existing one agrees."""
+  path = os.path.join(run_dir, "config.json")
+  current = {"mode": mode, **config.to_dict()}
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    keys = ("mode",) + _RELEVANT[mode]
+    old = _flat(json.loads(json.dumps({k: saved.get(k) for k in keys}, default=str)))
+    new = _flat(json.loads(json.dumps({k: current.get(k) for k in keys}, default=str)))
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+    if diff:
+      raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff[:4])}): "
+                      "use another --workdir, or move that folder away to start over")
+    return
+  if os.path.isdir(run_dir) and any(not e.startswith("seed_") for e in os.listdir(run_dir)):
+    raise UserError(f"{run_dir} holds files but no config.json, so it is not a tlflax run: "
+                    "choose another --workdir, or move that folder away")
   try:
     os.makedirs(run_dir, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create run folder {run_dir} ({e.strerror}): choose a writable "
                     "--workdir") from e
-  return run_dir
+  _write_json(path, current)
 
 
 def _write_json(path: str, obj) -> None:
@@ -99,29 +141,97 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def run_phase(mode: str, config, workdir: str) -> dict:
-  """Runs one training phase (`pretrain` on source, `scratch` on target) and returns its summary."""
+def _finished(run_dir: str) -> dict | None:
+  """The summary of a run that completed (summary.json is written last), else None."""
+  path = os.path.join(run_dir, "summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _source_variables(config, workdir: str, target_task, source: str | None):
+  """The target's initial variables: the source checkpoint merged into a fresh init."""
+  from tlflax import checkpoint, train, transfer
+  source = source or config.transfer.init_from or ensure_pretrained(config, workdir)
+  restored, name = checkpoint.restore_variables(source)
+  fresh = train.init_variables(config.model, target_task.num_classes,
+                               target_task.train.images.shape[1:], config.seed)
+  return transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name)
+
+
+def ensure_pretrained(config, workdir: str) -> str:
+  """DIR/pretrain, after pretraining there if no finished pretraining exists."""
+  run_dir = os.path.join(workdir, "pretrain")
+  if _finished(run_dir) is None:
+    logging.info("no finished pretraining in %s: pretraining on %s first", run_dir,
+                 config.source.dataset)
+    run_phase("pretrain", config, workdir)
+  return run_dir
+
+
+def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
+              source: str | None = None) -> dict:
+  """Runs (or resumes, or reuses) one training run and returns its summary.
+
+  `source` (transfer only) overrides config.transfer.init_from without entering config.json.
+  """
   from tlflax import data, train
   phase = config.source if mode == "pretrain" else config.target
-  run_dir = _prepare_run_dir(workdir, mode)
-  _write_json(os.path.join(run_dir, "config.json"), {"mode": mode, **config.to_dict()})
+  run_dir = run_dir or os.path.join(workdir, mode)
+  _open_run_dir(run_dir, mode, config)
+  done = _finished(run_dir)
+  if done is not None:
+    logging.info("[%s] %s is complete (test_accuracy %.4f): reusing it; move it away to retrain",
+                 mode, run_dir, done["final"]["test_accuracy"])
+    return done
   task = data.load_task(phase, config.data_dir, config.seed)
+  variables = None
+  resuming = os.path.isdir(os.path.join(run_dir, "checkpoints")) and any(
+      d.isdigit() for d in os.listdir(os.path.join(run_dir, "checkpoints")))
+  if mode == "transfer" and not resuming:
+    variables = _source_variables(config, workdir, task, source)
   result = train.fit(phase, config.model, task, run_dir, config.seed,
+                     transfer_cfg=config.transfer if mode == "transfer" else None,
+                     variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),
                      log_every_steps=config.log_every_steps,
                      eval_every_epochs=config.eval_every_epochs, label=mode)
-  _write_json(os.path.join(run_dir, "summary.json"), {"mode": mode, **result.summary})
+  summary = {"mode": mode, "seed": config.seed, **result.summary}
+  _write_json(os.path.join(run_dir, "summary.json"), summary)
   final = result.history[-1]
   logging.info("[%s] done in %.1fs: test_accuracy %.4f, test_loss %.4f; wrote %s", mode,
                result.summary["wall_s"], final["test_accuracy"], final["test_loss"], run_dir)
-  return result.summary
+  return summary
 
 
-def run(mode: str, config, workdir: str) -> dict:
+def run_compare(config, workdir: str) -> str:
+  """Experiments A (scratch) and B (transfer) for every seed, sharing one pretraining; report."""
+  from tlflax import report
+  pretrained = config.transfer.init_from or ensure_pretrained(config, workdir)
+  for seed in config.seeds:
+    seeded = config.copy_and_resolve_references()
+    with seeded.unlocked():
+      seeded.seed = int(seed)
+    for mode in ("scratch", "transfer"):
+      run_phase(mode, seeded, workdir, os.path.join(workdir, mode, f"seed_{seed}"), pretrained)
+  out = report.write_report(workdir)
+  logging.info("report written to %s", out)
+  return out
+
+
+def run(mode: str, config, workdir: str):
   """Validates the config and dispatches to the mode."""
   from tlflax import config as config_lib
+  from tlflax import report
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
+  if mode == "report":
+    out = report.write_report(workdir)
+    logging.info("report written to %s", out)
+    return out
   config_lib.validate(config)
+  if mode == "compare":
+    return run_compare(config, workdir)
   return run_phase(mode, config, workdir)
 
 
@@ -129,6 +239,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {' '.join(argv[1:])}: flags take the form --name=value")
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
   _setup_jax()
   try:
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir)

@@ -8,6 +8,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from tlflax.errors import UserError
@@ -24,17 +25,17 @@ class BasicBlock(nn.Module):
   filters: int
   strides: int
   conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]  # norm(name) -> BatchNorm
 
   @nn.compact
   def __call__(self, x):
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y))
+    y = nn.relu(self.norm("bn1")(y))
     y = self.conv(self.filters, (3, 3), name="conv2")(y)
-    y = self.norm(name="bn2")(y)
+    y = self.norm("bn2")(y)
     if x.shape != y.shape:
       x = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(x)
-      x = self.norm(name="proj_bn")(x)
+      x = self.norm("proj_bn")(x)
     return nn.relu(x + y)
 
 
@@ -44,6 +45,11 @@ class ResNet(nn.Module):
   `dtype` is the compute precision; parameters and BatchNorm statistics stay float32 and the
   logits are returned in float32. `axis_name` makes BatchNorm average its batch statistics over
   that named axis (set it only when running under `shard_map` / `pmap`).
+
+  For transfer learning: BatchNorm modules named in `frozen_bn` (paths like 'stem_bn' or
+  'stage1_block2/bn1') normalise with their running averages even in training and leave them
+  unchanged; `stop_gradient_units` = k stops the backward pass after the first k units of
+  (stem, stage1, ..., stageN), so a frozen prefix costs no backward work.
   """
 
   stage_sizes: Sequence[int]
@@ -52,22 +58,34 @@ class ResNet(nn.Module):
   block_cls: Any = BasicBlock
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  frozen_bn: tuple[str, ...] = ()
+  stop_gradient_units: int = 0
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init, padding="SAME")
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        dtype=self.dtype, axis_name=self.axis_name if train else None)
+
+    def norm_at(prefix):
+      def norm(name):
+        running = not train or f"{prefix}{name}" in self.frozen_bn
+        return nn.BatchNorm(use_running_average=running, momentum=0.9, epsilon=1e-5,
+                            dtype=self.dtype, axis_name=None if running else self.axis_name,
+                            name=name)
+      return norm
+
+    def unit_done(x, unit):  # unit k is finished: cut the backward pass after the frozen prefix
+      return jax.lax.stop_gradient(x) if unit + 1 == self.stop_gradient_units else x
+
     x = jnp.asarray(x, self.dtype)
     x = conv(self.width, (3, 3), name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_bn")(x))
+    x = unit_done(nn.relu(norm_at("")("stem_bn")(x)), 0)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block_cls(self.width * 2**i, strides, conv, norm,
-                           name=f"stage{i + 1}_block{j + 1}")(x)
+        name = f"stage{i + 1}_block{j + 1}"
+        x = self.block_cls(self.width * 2**i, strides, conv, norm_at(f"{name}/"), name=name)(x)
+      x = unit_done(x, i + 1)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     return jnp.asarray(x, jnp.float32)
@@ -86,8 +104,13 @@ def ResNet34(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> 
 MODELS = {"resnet18": ResNet18, "resnet34": ResNet34}
 
 
+def num_stages(name: str) -> int:
+  """How many residual stages model `name` has (freeze policies count in stages)."""
+  return len(create_model(name, 1).stage_sizes)
+
+
 def create_model(name: str, num_classes: int, width: int = 64, dtype: str = "float32",
-                 axis_name: str | None = None) -> ResNet:
+                 **kwargs) -> ResNet:
   """Builds a model from config values; unknown names and dtypes are a `UserError`."""
   if name not in MODELS:
     raise UserError(f"unknown model.name {name!r}: choose one of {sorted(MODELS)}")
@@ -95,4 +118,4 @@ def create_model(name: str, num_classes: int, width: int = 64, dtype: str = "flo
     raise UserError(f"unknown model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
   if width < 1:
     raise UserError(f"model.width must be a positive integer, got {width}")
-  return MODELS[name](num_classes, width, DTYPES[dtype], axis_name=axis_name)
+  return MODELS[name](num_classes, width, DTYPES[dtype], **kwargs)

@@ -7,6 +7,8 @@ later under `jax.shard_map` / `jax.pmap` (axis_name='data') without change.
 
 import dataclasses
 import functools
+import json
+import os
 import time
 from typing import Any, Callable
 
@@ -17,9 +19,11 @@ import numpy as np
 import optax
 
 from tlflax import data as data_lib
+from tlflax import checkpoint as checkpoint_lib
 from tlflax import models
-from tlflax.errors import require
-from tlflax.monitor import MetricsWriter, Progress
+from tlflax import transfer
+from tlflax.errors import UserError, require
+from tlflax.monitor import MetricsWriter, Progress, read_metrics
 
 
 @flax.struct.dataclass
@@ -46,12 +50,37 @@ def learning_rate_schedule(phase, steps_per_epoch: int) -> optax.Schedule:
       decay_steps=total, end_value=0.0)
 
 
-def make_optimizer(phase, steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD (nesterov momentum) with weight decay added to the gradient, as PyTorch's SGD does."""
-  return optax.chain(
-      optax.add_decayed_weights(phase.weight_decay),
-      optax.sgd(learning_rate_schedule(phase, steps_per_epoch), momentum=phase.momentum or None,
-                nesterov=phase.nesterov and bool(phase.momentum)))
+def make_optimizer(phase, steps_per_epoch: int, labels=None, lr_factors=None
+                   ) -> optax.GradientTransformation:
+  """SGD (nesterov momentum) with weight decay added to the gradient, as PyTorch's SGD does.
+
+  With `labels` ('trainable' / 'frozen' per parameter, see `transfer.trainable_labels`) the
+  optimizer is an `optax.partition`: frozen parameters get zero updates and hold no state, and
+  clipping and weight decay see only trainable ones. `lr_factors` scales each update.
+  """
+  trainable = [optax.clip_by_global_norm(phase.grad_clip_norm)] if phase.grad_clip_norm else []
+  trainable += [optax.add_decayed_weights(phase.weight_decay),
+                optax.sgd(learning_rate_schedule(phase, steps_per_epoch),
+                          momentum=phase.momentum or None,
+                          nesterov=phase.nesterov and bool(phase.momentum))]
+  tx = optax.chain(*trainable)
+  if labels is not None:
+    tx = optax.partition({transfer.TRAINABLE: tx, transfer.FROZEN: optax.set_to_zero()}, labels)
+  if lr_factors is not None:
+    tx = optax.chain(tx, transfer.scale_by_tree(lr_factors))
+  return tx
+
+
+def carry_opt_state(old, template):
+  """`template` (a fresh optimizer state) with every leaf that `old` has at the same path and
+  shape copied over: parameters that were already trainable keep their momentum and count."""
+  old_flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(old)[0]}
+
+  def pick(path, fresh):
+    prev = old_flat.get(jax.tree_util.keystr(path))
+    return prev if prev is not None and prev.shape == fresh.shape else fresh
+
+  return jax.tree_util.tree_map_with_path(pick, template)
 
 
 def create_train_state(model, tx, key: jax.Array, image_shape, variables=None) -> TrainState:
@@ -62,6 +91,14 @@ def create_train_state(model, tx, key: jax.Array, image_shape, variables=None) -
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def init_variables(model_cfg, num_classes: int, image_shape, seed: int) -> dict:
+  """Fresh params and batch_stats of the configured model, from the seed's init key."""
+  model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype)
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  init_key = jax.random.split(jax.random.key(seed), 3)[0]
+  return jax.jit(functools.partial(model.init, train=False))(init_key, dummy)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,9 +192,49 @@ def evaluate(eval_fn: Callable, state: TrainState, test: data_lib.Split, mean, s
           "test_count": count}
 
 
-def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, log_every_steps: int = 50,
-        eval_every_epochs: int = 1, variables=None, label: str = "") -> PhaseResult:
-  """Trains a model on `task` for `phase.epochs`, evaluating and writing metrics to `run_dir`."""
+@dataclasses.dataclass
+class _Setup:
+  """What one freeze policy fixes: the model's frozen layout, the optimizer, the compiled step."""
+
+  policy: Any
+  model: Any
+  tx: Any
+  step_fn: Callable | None = None
+
+
+def policy_setup(policy, phase, model_cfg, num_classes, params, transfer_cfg, steps_per_epoch,
+               note) -> _Setup:
+  """Builds model and optimizer for a freeze policy (policy 'none' without transfer: plain SGD)."""
+  num_stages = models.num_stages(model_cfg.name)
+  labels = transfer.trainable_labels(params, policy, num_stages)
+  layout = transfer.frozen_layout(labels, num_stages,
+                                  transfer_cfg.frozen_bn if transfer_cfg else "running")
+  factors = None
+  if transfer_cfg is not None and (transfer_cfg.lr_mult or transfer_cfg.layer_decay != 1.0):
+    factors = transfer.lr_multipliers(params, transfer_cfg.lr_mult, transfer_cfg.layer_decay,
+                                      num_stages)
+  model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype,
+                              **layout)
+  tx = make_optimizer(phase, steps_per_epoch, labels, factors)
+  if policy != "none":
+    flat = transfer.flatten(labels)
+    frozen = [p for p, v in flat.items() if v == transfer.FROZEN]
+    note(f"freeze {policy!r}: {len(frozen)} of {len(flat)} parameter arrays frozen, "
+         f"{len(layout['frozen_bn'])} BatchNorms on running averages, backward pass stops "
+         f"after {layout['stop_gradient_units']} leading units")
+  return _Setup(policy, model, tx)
+
+
+def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, transfer_cfg=None,
+        variables=None, checkpoint_cfg=None, log_every_steps: int = 50,
+        eval_every_epochs: int = 1, label: str = "") -> PhaseResult:
+  """Trains on `task` for `phase.epochs`, evaluating, checkpointing and writing metrics to
+  `run_dir`. A run folder that already holds checkpoints is resumed from the latest one and
+  continues exactly as if it had not stopped.
+
+  Order of initialisation: a checkpoint in `run_dir` (resume) wins; otherwise `variables` (e.g.
+  restored and merged from a source model for transfer); otherwise a fresh init from `seed`.
+  """
   t_start = time.perf_counter()
   n_train = len(task.train)
   batch_size = phase.batch_size
@@ -166,14 +243,11 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, log_e
           f"lower batch_size or widen train_split")
   steps_per_epoch = n_train // batch_size
   eval_bs = min(phase.eval_batch_size, len(task.test))
-  model = models.create_model(model_cfg.name, task.num_classes, model_cfg.width, model_cfg.dtype)
-  tx = make_optimizer(phase, steps_per_epoch)
+  checkpoint_cfg = checkpoint_cfg or {}
   schedule = learning_rate_schedule(phase, steps_per_epoch)
+  progress = Progress(label, phase.epochs, steps_per_epoch, batch_size, log_every_steps)
 
-  init_key, order_key, aug_key = jax.random.split(jax.random.key(seed), 3)
-  image_shape = task.train.images.shape[1:]
-  state = create_train_state(model, tx, init_key, image_shape, variables)
-
+  # --- Data on the device -----------------------------------------------------------------------
   train_images, train_labels = jax.device_put((task.train.images, task.train.labels))
   test = data_lib.pad_for_eval(task.test, eval_bs)
   test = data_lib.Split(*jax.device_put((test.images, test.labels)))
@@ -181,61 +255,127 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, log_e
   make_batch = functools.partial(data_lib.train_batch, batch_size=batch_size,
                                  crop_padding=phase.crop_padding, flip=phase.flip)
 
-  # Compile ahead of the loop so img/s measures training, not compilation.
-  t_compile = time.perf_counter()
-  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx,
-                                      label_smoothing=phase.label_smoothing), donate_argnums=0)
-  example = make_batch(train_images, train_labels, jnp.arange(n_train), 0, aug_key, mean, std)
-  step_fn = step_fn.lower(state, example).compile()
-  eval_fn = jax.jit(functools.partial(eval_step, model=model))
-  eval_example = data_lib.eval_batch(test.images, test.labels, 0, mean, std, batch_size=eval_bs)
-  eval_fn = eval_fn.lower(state, eval_example).compile()
-  compile_s = time.perf_counter() - t_compile
+  # --- Fresh state, or the latest checkpoint of this run ----------------------------------------
+  root_key = jax.random.key(seed)
+  base_model = models.create_model(model_cfg.name, task.num_classes, model_cfg.width,
+                                   model_cfg.dtype)
+  if variables is None:
+    variables = init_variables(model_cfg, task.num_classes, task.train.images.shape[1:], seed)
+  new_setup = functools.partial(policy_setup, phase=phase, model_cfg=model_cfg,
+                                num_classes=task.num_classes, params=variables["params"],
+                                transfer_cfg=transfer_cfg, steps_per_epoch=steps_per_epoch,
+                                note=progress.note)
+  ckpts = checkpoint_lib.RunCheckpoints(os.path.join(run_dir, "checkpoints"),
+                                        keep=checkpoint_cfg.get("keep", 2),
+                                        keep_best=checkpoint_cfg.get("keep_best", True),
+                                        async_save=checkpoint_cfg.get("async_save", True))
+  ckpt_every = checkpoint_cfg.get("every_epochs", 1)
+  writer = None
+  try:
+    setup, start_epoch, history = None, 0, []
+    latest = ckpts.latest_step()
+    if latest is not None:
+      done = ckpts.data_state(latest)
+      if (done["steps_per_epoch"], done["train_examples"]) != (steps_per_epoch, n_train):
+        raise UserError(f"{run_dir} was checkpointed with {done['train_examples']} training "
+                        f"examples in {done['steps_per_epoch']} steps/epoch, not {n_train} in "
+                        f"{steps_per_epoch}: use another --workdir or restore that data config")
+      setup = new_setup(transfer.policy_at(transfer_cfg, done["epoch"] - 1))
+      template = create_train_state(base_model, setup.tx, root_key, None, variables)
+      state, root_key, done = ckpts.restore(latest, template)
+      start_epoch = done["epoch"]
+      history = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
+      _rewrite_metrics(run_dir, history)  # later records belonged to the lost part of the run
+      progress.note(f"resuming from {ckpts.directory}/{latest} (epoch {start_epoch}, "
+                    f"step {latest})")
+    elif read_metrics(run_dir):
+      _rewrite_metrics(run_dir, [])  # stopped before its first checkpoint: start over
+    _, order_key, aug_key = jax.random.split(root_key, 3)
 
-  writer = MetricsWriter(run_dir)
-  progress = Progress(label, phase.epochs, steps_per_epoch, batch_size, log_every_steps)
-  progress.note(f"{task.name}: {n_train} train / {len(task.test)} test examples, "
-                f"{task.num_classes} classes, {steps_per_epoch} steps/epoch, "
-                f"{count_params(state.params):,} params, compiled in {compile_s:.1f}s")
-  history: list[dict] = []
-  train_s = 0.0
-  for epoch in range(phase.epochs):
-    t_epoch = time.perf_counter()
-    perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
-    sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
-    progress.start_epoch(epoch)
-    for i in range(steps_per_epoch):
-      step_key = jax.random.fold_in(aug_key, epoch * steps_per_epoch + i)
-      batch = make_batch(train_images, train_labels, perm, i, step_key, mean, std)
-      state, metrics = step_fn(state, batch)
-      sums = jax.tree.map(jnp.add, sums, metrics)
-      if progress.wants_update(i):
-        progress.update(i + 1, float(sums["loss"]) / (i + 1))
-    sums = jax.device_get(sums)
-    epoch_s = time.perf_counter() - t_epoch
-    train_s += epoch_s
-    train_loss = float(sums["loss"]) / steps_per_epoch
-    progress.end_epoch(train_loss)
-    if (epoch + 1) % eval_every_epochs and epoch + 1 != phase.epochs:
-      continue
-    record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": train_loss,
-              "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
-              **evaluate(eval_fn, state, test, mean, std, eval_bs),
-              "learning_rate": float(schedule(int(state.step) - 1)),
-              "epoch_s": epoch_s, "img_per_s": steps_per_epoch * batch_size / epoch_s,
-              "wall_s": time.perf_counter() - t_start}
-    writer.write(record)
-    progress.note(f"epoch {epoch + 1}: train_loss {train_loss:.4f} test_loss "
-                  f"{record['test_loss']:.4f} test_acc {record['test_accuracy']:.4f} "
-                  f"top5 {record['test_top5']:.4f} ({record['img_per_s']:.0f} img/s)")
-    history.append(record)
-  writer.close()
+    writer = MetricsWriter(run_dir)
+    eval_fn = jax.jit(functools.partial(eval_step, model=base_model))
+    compile_s = 0.0
+    progress.note(f"{task.name}: {n_train} train / {len(task.test)} test examples, "
+                  f"{task.num_classes} classes, {steps_per_epoch} steps/epoch, "
+                  f"{count_params(variables['params']):,} params")
+    train_s = 0.0
+    for epoch in range(start_epoch, phase.epochs):
+      policy = transfer.policy_at(transfer_cfg, epoch)
+      if setup is None or setup.step_fn is None or policy != setup.policy:
+        # Compile ahead of the epoch so img/s measures training, not compilation.
+        t_compile = time.perf_counter()
+        if setup is None:
+          setup = new_setup(policy)
+          state = create_train_state(base_model, setup.tx, root_key, None, variables)
+        elif policy != setup.policy:
+          setup = new_setup(policy)
+          state = state.replace(opt_state=carry_opt_state(
+              state.opt_state, setup.tx.init(state.params)))
+        example = make_batch(train_images, train_labels, jnp.arange(n_train), 0, aug_key, mean,
+                             std)
+        setup.step_fn = jax.jit(functools.partial(
+            train_step, model=setup.model, tx=setup.tx, label_smoothing=phase.label_smoothing),
+            donate_argnums=0).lower(state, example).compile()
+        if not isinstance(eval_fn, jax.stages.Compiled):
+          eval_fn = eval_fn.lower(state, data_lib.eval_batch(
+              test.images, test.labels, 0, mean, std, batch_size=eval_bs)).compile()
+        compile_s += time.perf_counter() - t_compile
+        progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
+
+      t_epoch = time.perf_counter()
+      perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
+      sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
+      progress.start_epoch(epoch)
+      for i in range(steps_per_epoch):
+        step_key = jax.random.fold_in(aug_key, epoch * steps_per_epoch + i)
+        batch = make_batch(train_images, train_labels, perm, i, step_key, mean, std)
+        state, metrics = setup.step_fn(state, batch)
+        sums = jax.tree.map(jnp.add, sums, metrics)
+        if progress.wants_update(i):
+          progress.update(i + 1, float(sums["loss"]) / (i + 1))
+      sums = jax.device_get(sums)
+      epoch_s = time.perf_counter() - t_epoch
+      train_s += epoch_s
+      train_loss = float(sums["loss"]) / steps_per_epoch
+      progress.end_epoch(train_loss)
+
+      last = epoch + 1 == phase.epochs
+      record = None
+      if (epoch + 1) % eval_every_epochs == 0 or last:
+        record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": train_loss,
+                  "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
+                  **evaluate(eval_fn, state, test, mean, std, eval_bs),
+                  "learning_rate": float(schedule(int(state.step) - 1)),
+                  "epoch_s": epoch_s, "img_per_s": steps_per_epoch * batch_size / epoch_s,
+                  "wall_s": time.perf_counter() - t_start}
+        writer.write(record)
+        history.append(record)
+        progress.note(f"epoch {epoch + 1}: train_loss {train_loss:.4f} test_loss "
+                      f"{record['test_loss']:.4f} test_acc {record['test_accuracy']:.4f} "
+                      f"top5 {record['test_top5']:.4f} ({record['img_per_s']:.0f} img/s)")
+      if (epoch + 1) % ckpt_every == 0 or last:
+        ckpts.save(state, root_key, {
+            "epoch": epoch + 1, "steps_per_epoch": steps_per_epoch, "train_examples": n_train,
+            "policy": repr(policy)},
+            metrics={"test_accuracy": record["test_accuracy"]} if record else None)
+  finally:
+    ckpts.close()
+    if writer is not None:
+      writer.close()
   summary = {"dataset": task.name, "num_classes": task.num_classes, "train_examples": n_train,
              "test_examples": len(task.test), "params": count_params(state.params),
-             "compile_s": compile_s, "train_s": train_s,
+             "compile_s": compile_s, "train_s": train_s, "resumed_from_epoch": start_epoch,
              "wall_s": time.perf_counter() - t_start,
-             "mean": task.mean.tolist(), "std": task.std.tolist(), "final": history[-1]}
-  return PhaseResult(state, model, history, summary)
+             "mean": task.mean.tolist(), "std": task.std.tolist(),
+             "final": history[-1] if history else None}
+  return PhaseResult(state, base_model, history, summary)
+
+
+def _rewrite_metrics(run_dir: str, records: list[dict]) -> None:
+  path = os.path.join(run_dir, "metrics.jsonl")
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  os.replace(path + ".tmp", path)
 
 
 def count_params(params) -> int:
