@@ -49,15 +49,67 @@ def test_modes_run_end_to_end_on_the_smoke_config(tmp_path, mode, chance):
   assert f"[{mode}] epoch 3/3 step 32/32 loss" in result.stderr  # plain progress lines
 
 
-def test_a_finished_run_is_not_overwritten(tmp_path):
+def test_a_folder_that_is_not_a_run_is_not_overwritten(tmp_path):
   run_dir = tmp_path / "scratch"
   run_dir.mkdir()
   (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
   result = run_cli(["--mode=scratch", "--config=configs/smoke.py", f"--workdir={tmp_path}"],
                    tmp_path)
   assert result.returncode == 2
-  assert "already holds a run" in result.stderr
+  assert "holds files but no config.json" in result.stderr
   assert (run_dir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+  assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.jsonl"]
+
+
+def _png_size(path):
+  from PIL import Image
+  with Image.open(path) as im:
+    im.load()
+    return im.size
+
+
+def test_compare_writes_the_report_and_reruns_reuse_finished_runs(tmp_path):
+  args = ["--mode=compare", "--config=configs/smoke.py", f"--workdir={tmp_path}"]
+  result = run_cli(args, tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "pretraining on synthetic10 first" in result.stderr
+  assert result.stderr.count("kept 100 leaves, re-initialised 2") == 2  # one per seed
+  report = tmp_path / "report"
+  assert _png_size(report / "loss.png")[0] > 300 and _png_size(report / "accuracy.png")[0] > 300
+  summary = json.loads((report / "summary.json").read_text())
+  exps = summary["experiments"]
+  assert exps["scratch"]["runs"] == ["scratch/seed_0", "scratch/seed_1"]
+  assert exps["transfer"]["best_test_accuracy"]["n"] == 2
+  # On the synthetic pair, features from synthetic10 help synthetic100 a lot within 3 epochs.
+  assert exps["transfer"]["best_test_accuracy"]["mean"] > 2 * exps["scratch"]["best_test_accuracy"]["mean"]
+  assert summary["transfer_reaches_scratch_best_at_epoch"] in (1, 2, 3)
+  md = (report / "report.md").read_text()
+  assert "Experiment B: transfer | 2 |" in md and "Pretraining on synthetic10" in md
+
+  metrics = (tmp_path / "transfer" / "seed_1" / "metrics.jsonl").read_text()
+  (report / "loss.png").unlink()
+  again = run_cli(args, tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stderr.count("reusing it") == 4 and "compiled" not in again.stderr
+  assert (tmp_path / "transfer" / "seed_1" / "metrics.jsonl").read_text() == metrics
+  assert _png_size(report / "loss.png")[0] > 300
+
+  (report / "loss.png").unlink()
+  redraw = run_cli(["--mode=report", f"--workdir={tmp_path}"], tmp_path)
+  assert redraw.returncode == 0 and (report / "loss.png").exists()
+
+
+def test_transfer_mode_pretrains_first_and_honours_freeze(tmp_path):
+  args = ["--mode=transfer", "--config=configs/smoke.py", f"--workdir={tmp_path}",
+          "--config.source.epochs=1", "--config.target.epochs=1",
+          "--config.transfer.freeze=stages:3"]
+  result = run_cli(args, tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "no finished pretraining" in result.stderr
+  assert "freeze 'stages:3': 45 of 62 parameter arrays frozen, 15 BatchNorms" in result.stderr
+  assert json.loads((tmp_path / "transfer" / "config.json").read_text())["transfer"]["freeze"] == "stages:3"
+  other = run_cli(args[:-1] + ["--config.transfer.freeze=backbone"], tmp_path)
+  assert other.returncode == 2 and "holds a run with another config (transfer.freeze" in other.stderr
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -70,9 +122,13 @@ def test_a_finished_run_is_not_overwritten(tmp_path):
     (["--config.target.train_split=val"], "bad split 'val'"),
     (["--config.model.name=vgg"], "unknown model.name 'vgg'"),
     (["stray"], "unexpected arguments stray"),
+    (["--mode=transfer", "--config.transfer.freeze=stages:9"], "unknown freeze policy 'stages:9'"),
+    (["--mode=transfer", "--config.transfer.init_from=/nonexistent"], "holds no tlflax checkpoint"),
+    (["--mode=report"], "holds no scratch or transfer runs"),
 ])
 def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, args, expected):
-  base = ["--mode=scratch", f"--workdir={tmp_path}"]
+  base = [] if any(a.startswith("--mode=") for a in args) else ["--mode=scratch"]
+  base.append(f"--workdir={tmp_path}")
   if not any(a.startswith("--config=") for a in args):
     base.append("--config=configs/smoke.py")
   result = run_cli(base + args, tmp_path, timeout=120)

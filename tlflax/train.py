@@ -143,10 +143,12 @@ def train_step(state: TrainState, batch: dict, *, model, tx, axis_name: str | No
   return new_state, _mean_over(metrics, axis_name)
 
 
-def eval_step(state: TrainState, batch: dict, *, model, axis_name: str | None = None) -> dict:
-  """Sums of loss, top-1 and top-5 hits and the example count over the masked batch."""
-  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                       batch["image"], train=False)
+def eval_step(variables: dict, batch: dict, *, model, axis_name: str | None = None) -> dict:
+  """Sums of loss, top-1 and top-5 hits and the example count over the masked batch.
+
+  Takes only params and batch_stats, so it does not recompile when the optimizer changes.
+  """
+  logits = model.apply(variables, batch["image"], train=False)
   mask = batch["mask"]
   labels = jnp.where(mask, batch["label"], 0)
   loss = cross_entropy(logits, labels)
@@ -176,13 +178,19 @@ class PhaseResult:
   summary: dict
 
 
+def eval_variables(state: TrainState) -> dict:
+  """The variables a forward pass needs."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def evaluate(eval_fn: Callable, state: TrainState, test: data_lib.Split, mean, std,
              batch_size: int) -> dict:
   """Covers every test example exactly once (padded, masked batches of one fixed shape)."""
   totals = None
+  variables = eval_variables(state)
   for i in range(len(test) // batch_size):
     batch = data_lib.eval_batch(test.images, test.labels, i, mean, std, batch_size=batch_size)
-    sums = eval_fn(state, batch)
+    sums = eval_fn(variables, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = int(totals["count"])
@@ -317,7 +325,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
             train_step, model=setup.model, tx=setup.tx, label_smoothing=phase.label_smoothing),
             donate_argnums=0).lower(state, example).compile()
         if not isinstance(eval_fn, jax.stages.Compiled):
-          eval_fn = eval_fn.lower(state, data_lib.eval_batch(
+          eval_fn = eval_fn.lower(eval_variables(state), data_lib.eval_batch(
               test.images, test.labels, 0, mean, std, batch_size=eval_bs)).compile()
         compile_s += time.perf_counter() - t_compile
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")

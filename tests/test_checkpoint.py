@@ -1,0 +1,101 @@
+"""orbax checkpoints: what they hold, what is kept, and resume equal to an uninterrupted run."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from tlflax import checkpoint, config as config_lib, data, train
+
+MODEL = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "float32"})
+PHASE = config_lib.phase_config("synthetic10", 3, train_split="train[:96]", test_split="test[:24]",
+                                image_size=16, batch_size=32, eval_batch_size=16,
+                                warmup_epochs=0.5)
+# A gradual-unfreezing schedule that changes policy between the checkpoint and the interruption.
+TRANSFER = config_lib.transfer_config(freeze="stages:2", unfreeze=((2, "none"),))
+CKPT = {"keep": 1, "keep_best": True, "every_epochs": 1, "async_save": True}
+
+
+@pytest.fixture(scope="module")
+def task():
+  return data.load_task(PHASE, None, seed=0)
+
+
+@pytest.fixture(scope="module")
+def whole(task, tmp_path_factory):
+  """An uninterrupted run: (run folder, result)."""
+  run_dir = tmp_path_factory.mktemp("whole")
+  return run_dir, _fit(task, run_dir)
+
+
+class Interrupt(Exception):
+  pass
+
+
+def _fit(task, run_dir):
+  return train.fit(PHASE, MODEL, task, str(run_dir), 0, transfer_cfg=TRANSFER,
+                   checkpoint_cfg=CKPT, log_every_steps=1)
+
+
+def _tree_equal(a, b):
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(task, whole, tmp_path, monkeypatch):
+  _, whole = whole
+
+  real_evaluate = train.evaluate
+  calls = []
+
+  def evaluate_then_die(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:  # during the last epoch, before its checkpoint
+      raise Interrupt
+    return real_evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(train, "evaluate", evaluate_then_die)
+  with pytest.raises(Interrupt):
+    _fit(task, tmp_path / "cut")
+  monkeypatch.setattr(train, "evaluate", real_evaluate)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "cut" / "checkpoints"))
+  assert ckpts.latest_step() == 2 * 3  # epochs 1 and 2 are saved, 3 steps each
+  ckpts.close()
+
+  resumed = _fit(task, tmp_path / "cut")
+  assert resumed.summary["resumed_from_epoch"] == 2
+  assert int(resumed.state.step) == int(whole.state.step) == 9
+  assert _tree_equal(resumed.state.params, whole.state.params)
+  assert _tree_equal(resumed.state.batch_stats, whole.state.batch_stats)
+  assert _tree_equal(resumed.state.opt_state, whole.state.opt_state)
+  lines = [json.loads(x) for x in open(tmp_path / "cut" / "metrics.jsonl")]
+  assert [r["epoch"] for r in lines] == [1, 2, 3]
+  assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in whole.history]
+
+
+def test_checkpoints_keep_the_latest_and_the_best(whole):
+  run_dir, result = whole
+  ckpts = checkpoint.RunCheckpoints(str(run_dir / "checkpoints"))
+  steps = ckpts.all_steps()
+  best_epoch = max(result.history, key=lambda r: r["test_accuracy"])["epoch"]
+  assert set(steps) == {9, best_epoch * 3}
+  state, key, data_state = ckpts.restore(9, result.state)
+  ckpts.close()
+  assert data_state == {"epoch": 3, "steps_per_epoch": 3, "train_examples": 96,
+                        "policy": "'none'"}
+  assert _tree_equal(state.params, result.state.params)
+  assert np.array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(0)))
+  items = sorted(os.listdir(run_dir / "checkpoints" / "9"))
+  assert {"params", "batch_stats", "opt_state", "step", "rng", "data_state"} <= set(items)
+
+
+def test_resume_with_other_data_is_refused(whole):
+  run_dir, _ = whole
+  other = data.load_task(config_lib.phase_config("synthetic10", 3, train_split="train[:64]",
+                                                 test_split="test[:24]", image_size=16), None, 0)
+  from tlflax.errors import UserError
+  with pytest.raises(UserError, match="was checkpointed with 96 training examples"):
+    _fit(other, run_dir)
