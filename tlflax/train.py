@@ -269,8 +269,11 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
                                    model_cfg.dtype)
   if variables is None:
     variables = init_variables(model_cfg, task.num_classes, task.train.images.shape[1:], seed)
+  # Rules read only paths and shapes; the arrays themselves are donated by the first step.
+  param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                              variables["params"])
   new_setup = functools.partial(policy_setup, phase=phase, model_cfg=model_cfg,
-                                num_classes=task.num_classes, params=variables["params"],
+                                num_classes=task.num_classes, params=param_shapes,
                                 transfer_cfg=transfer_cfg, steps_per_epoch=steps_per_epoch,
                                 note=progress.note)
   ckpts = checkpoint_lib.RunCheckpoints(os.path.join(run_dir, "checkpoints"),
