@@ -224,7 +224,7 @@ def policy_setup(policy, phase, model_cfg, num_classes, params, transfer_cfg, st
   model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype,
                               **layout)
   tx = make_optimizer(phase, steps_per_epoch, labels, factors)
-  if policy != "none":
+  if transfer_cfg is not None or policy != "none":
     flat = transfer.flatten(labels)
     frozen = [p for p, v in flat.items() if v == transfer.FROZEN]
     note(f"freeze {policy!r}: {len(frozen)} of {len(flat)} parameter arrays frozen, "
