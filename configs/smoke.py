@@ -10,7 +10,7 @@ from tlflax import config as config_lib
 def get_config():
   config = config_lib.base_config()
   config.model.width = 8
-  small = dict(batch_size=64, eval_batch_size=500, learning_rate=0.05, warmup_epochs=0.5)
+  small = {"batch_size": 64, "eval_batch_size": 500, "learning_rate": 0.05, "warmup_epochs": 0.5}
   config.source = config_lib.phase_config(
       "synthetic10", epochs=3, train_split="train[:2048]", test_split="test[:500]", **small)
   config.target = config_lib.phase_config(

@@ -100,9 +100,9 @@ def tfds_data(tmp_path_factory):
   """
   from tlflax import data as data_lib
   tfds = data_lib._import_tfds()
+  import promise
   from etils import epath
   from tensorflow_datasets.core.download import download_manager
-  import promise
 
   root = tmp_path_factory.mktemp("tfds")
   archives = {"cifar10": root / "cifar-10-binary.tar.gz", "cifar100": root / "cifar-100-binary.tar.gz"}
@@ -131,4 +131,4 @@ def run_cli(args, tmp_path, timeout=600, env=None):
   import subprocess
   full_env = {**os.environ, "TLFLAX_JAX_CACHE": str(tmp_path / "jax_cache"), **(env or {})}
   return subprocess.run([sys.executable, "-m", "tlflax.main", *args], cwd=REPO, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout, check=False)

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tlflax import checkpoint, config as config_lib, data, train
+from tlflax import checkpoint, data, train
+from tlflax import config as config_lib
 
 MODEL = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "float32"})
 PHASE = config_lib.phase_config("synthetic10", 3, train_split="train[:96]", test_split="test[:24]",
@@ -71,7 +72,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(task, whole, tmp_path
   assert _tree_equal(resumed.state.params, whole.state.params)
   assert _tree_equal(resumed.state.batch_stats, whole.state.batch_stats)
   assert _tree_equal(resumed.state.opt_state, whole.state.opt_state)
-  lines = [json.loads(x) for x in open(tmp_path / "cut" / "metrics.jsonl")]
+  lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in lines] == [1, 2, 3]
   assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in whole.history]
 

@@ -4,7 +4,6 @@ import json
 import struct
 
 import pytest
-
 from conftest import run_cli
 
 RECORD_KEYS = {"epoch", "step", "train_loss", "test_loss", "test_accuracy", "test_top5", "wall_s",

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import CIFAR10_TEST, CIFAR10_TRAIN_PER_FILE, CIFAR100_TEST, CIFAR100_TRAIN, run_cli
+
 from tlflax import data
 from tlflax.config import phase_config
 from tlflax.errors import UserError

@@ -22,8 +22,8 @@ def _task(n_train=256, n_test=37, size=16):
 
 
 def _phase(**kw):
-  base = dict(batch_size=32, eval_batch_size=16, learning_rate=0.05, warmup_epochs=0.0,
-              train_split="unused", test_split="unused")
+  base = {"batch_size": 32, "eval_batch_size": 16, "learning_rate": 0.05, "warmup_epochs": 0.0,
+          "train_split": "unused", "test_split": "unused"}
   return phase_config("synthetic10", **{"epochs": 2, **base, **kw})
 
 

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tlflax import checkpoint, config as config_lib, train, transfer
+from tlflax import checkpoint, train, transfer
+from tlflax import config as config_lib
 from tlflax.errors import UserError
 
 MODEL = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "float32"})

@@ -25,6 +25,7 @@ def freeze_benchmark(config, policies, steps: int) -> list[dict]:
   """Times the target's train step under each freeze policy."""
   import jax
   import jax.numpy as jnp
+
   from tlflax import train
   phase = config.target
   num_classes = 100

@@ -5,7 +5,8 @@ Parameter paths are meant to be read by freeze and learning-rate rules:
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -91,12 +92,12 @@ class ResNet(nn.Module):
     return jnp.asarray(x, jnp.float32)
 
 
-def ResNet18(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:  # noqa: N802
+def ResNet18(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:
   """The seed's CIFAR ResNet-18: BasicBlocks [2, 2, 2, 2]."""
   return ResNet((2, 2, 2, 2), num_classes, width, BasicBlock, dtype, **kwargs)
 
 
-def ResNet34(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:  # noqa: N802
+def ResNet34(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:
   """CIFAR ResNet-34: BasicBlocks [3, 4, 6, 3]."""
   return ResNet((3, 4, 6, 3), num_classes, width, BasicBlock, dtype, **kwargs)
 

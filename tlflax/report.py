@@ -111,10 +111,10 @@ def _fmt(stat: dict, digits: int = 4) -> str:
 
 def _markdown(summary: dict) -> str:
   lines = ["# Scratch vs transfer", "",
-           "Mean ± std over seeds. Test loss and accuracy per epoch: `loss.png`, `accuracy.png` "
-           "(transfer blue, scratch red; band: ± one std).", "",
-           "| experiment | seeds | best test acc | final test acc | min test loss "
-           "| epoch of min test loss | wall-clock s |", "|---|---|---|---|---|---|---|"]
+           ("Mean ± std over seeds. Test loss and accuracy per epoch: `loss.png`, `accuracy.png` "
+            "(transfer blue, scratch red; band: ± one std)."), "",
+           ("| experiment | seeds | best test acc | final test acc | min test loss "
+            "| epoch of min test loss | wall-clock s |"), "|---|---|---|---|---|---|---|"]
   for exp, s in summary["experiments"].items():
     lines.append(f"| {EXPERIMENTS[exp][0]} | {s['best_test_accuracy']['n']} "
                  f"| {_fmt(s['best_test_accuracy'])} | {_fmt(s['final_test_accuracy'])} "

@@ -10,7 +10,8 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -18,10 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tlflax import data as data_lib
 from tlflax import checkpoint as checkpoint_lib
-from tlflax import models
-from tlflax import transfer
+from tlflax import data as data_lib
+from tlflax import models, transfer
 from tlflax.errors import UserError, require
 from tlflax.monitor import MetricsWriter, Progress, read_metrics
 
@@ -44,7 +44,7 @@ class TrainState:
 def learning_rate_schedule(phase, steps_per_epoch: int) -> optax.Schedule:
   """Linear warm-up from 0 over `warmup_epochs`, then cosine decay to 0 at the last step."""
   total = phase.epochs * steps_per_epoch
-  warmup = min(int(round(phase.warmup_epochs * steps_per_epoch)), total - 1)
+  warmup = min(round(phase.warmup_epochs * steps_per_epoch), total - 1)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=phase.learning_rate, warmup_steps=warmup,
       decay_steps=total, end_value=0.0)

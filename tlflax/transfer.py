@@ -6,7 +6,8 @@ which leaves of a source checkpoint are re-initialised instead of loaded.
 """
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

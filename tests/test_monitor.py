@@ -1,0 +1,48 @@
+"""Progress display (bar on a terminal, log lines otherwise) and the metrics files."""
+
+import io
+import logging
+
+from tlflax.monitor import MetricsWriter, Progress, read_metrics
+
+
+class FakeTerminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_terminal_gets_a_bar_with_loss_and_images_per_second():
+  stream = FakeTerminal()
+  progress = Progress("scratch", epochs=2, steps_per_epoch=10, batch_size=8, log_every_steps=5,
+                      stream=stream)
+  progress.start_epoch(0)
+  updates = [i for i in range(10) if progress.wants_update(i)]
+  for i in updates:
+    progress.update(i + 1, 2.5)
+  progress.end_epoch(2.5)
+  text = stream.getvalue()
+  assert updates == [4, 9]
+  assert "scratch epoch 1/2" in text and "10/10" in text
+  assert "loss=2.5000" in text and "img_s=" in text
+
+
+def test_plain_stream_gets_log_lines_with_eta(caplog):
+  stream = io.StringIO()
+  progress = Progress("pretrain", epochs=3, steps_per_epoch=4, batch_size=8, log_every_steps=2,
+                      stream=stream)
+  with caplog.at_level(logging.INFO):
+    progress.start_epoch(1)
+    progress.update(2, 1.25)
+  assert stream.getvalue() == ""  # no bar escape codes in logs
+  line = caplog.records[-1].getMessage()
+  assert line.startswith("[pretrain] epoch 2/3 step 2/4 loss 1.2500") and " eta 0:00:" in line
+
+
+def test_metrics_round_trip(tmp_path):
+  writer = MetricsWriter(str(tmp_path))
+  writer.write({"epoch": 1, "step": 10, "test_accuracy": 0.5})
+  writer.write({"epoch": 2, "step": 20, "test_accuracy": 0.75})
+  writer.close()
+  assert [r["test_accuracy"] for r in read_metrics(str(tmp_path))] == [0.5, 0.75]
+  assert list(tmp_path.glob("events.out.tfevents.*"))
+  assert read_metrics(str(tmp_path / "absent")) == []
