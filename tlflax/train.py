@@ -334,17 +334,9 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
 
       t_epoch = time.perf_counter()
-      perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
-      sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
-      progress.start_epoch(epoch)
-      for i in range(steps_per_epoch):
-        step_key = jax.random.fold_in(aug_key, epoch * steps_per_epoch + i)
-        batch = make_batch(train_images, train_labels, perm, i, step_key, mean, std)
-        state, metrics = setup.step_fn(state, batch)
-        sums = jax.tree.map(jnp.add, sums, metrics)
-        if progress.wants_update(i):
-          progress.update(i + 1, float(sums["loss"]) / (i + 1))
-      sums = jax.device_get(sums)
+      state, sums = _train_epoch(
+          setup.step_fn, state, functools.partial(make_batch, train_images, train_labels),
+          epoch, steps_per_epoch, n_train, order_key, aug_key, (mean, std), progress)
       epoch_s = time.perf_counter() - t_epoch
       train_s += epoch_s
       train_loss = float(sums["loss"]) / steps_per_epoch
@@ -380,6 +372,22 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
              "mean": task.mean.tolist(), "std": task.std.tolist(),
              "final": history[-1] if history else None}
   return PhaseResult(state, base_model, history, summary)
+
+
+def _train_epoch(step_fn, state, make_batch, epoch, steps_per_epoch, n_train, order_key,
+                 aug_key, stats, progress) -> tuple[TrainState, dict]:
+  """One epoch of steps. The data order of epoch e and the augmentation of global step s come
+  from fold_in(key, e) and fold_in(key, s): a resumed run replays them exactly."""
+  perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
+  sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
+  progress.start_epoch(epoch)
+  for i in range(steps_per_epoch):
+    step_key = jax.random.fold_in(aug_key, epoch * steps_per_epoch + i)
+    state, metrics = step_fn(state, make_batch(perm, i, step_key, *stats))
+    sums = jax.tree.map(jnp.add, sums, metrics)
+    if progress.wants_update(i):
+      progress.update(i + 1, float(sums["loss"]) / (i + 1))
+  return state, jax.device_get(sums)
 
 
 def _rewrite_metrics(run_dir: str, records: list[dict]) -> None:
