@@ -135,3 +135,13 @@ def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, args, expected):
   errors = [line for line in result.stderr.splitlines() if line.startswith("tlflax: error:")]
   assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+def test_a_run_that_never_trained_accepts_a_new_config(tmp_path):
+  base = ["--mode=scratch", "--config=configs/smoke.py", f"--workdir={tmp_path}"]
+  failed = run_cli(base + ["--config.target.dataset=no_such_dataset"], tmp_path)
+  assert failed.returncode == 2 and (tmp_path / "scratch" / "config.json").exists()
+  fixed = run_cli(base + ["--config.target.epochs=1"], tmp_path)
+  assert fixed.returncode == 0, fixed.stderr[-2000:]
+  saved = json.loads((tmp_path / "scratch" / "config.json").read_text())
+  assert saved["target"]["dataset"] == "synthetic100" and saved["target"]["epochs"] == 1

@@ -209,7 +209,7 @@ def tfds_builder(name: str, data_dir: str | None, download: bool = True):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     except Exception as e:
-      reason = " ".join(str(e).split())[:160]
+      reason = " ".join(str(e).split(" (Caused by")[0].split())[:200]
       raise UserError(f"tfds dataset {name!r} is not prepared in {data_dir} and could not be "
                       f"downloaded ({type(e).__name__}: {reason}); "
                       + _prepare_hint(name, data_dir)) from e

@@ -119,11 +119,13 @@ def _open_run_dir(run_dir: str, mode: str, config) -> None:
     new = _flat(json.loads(json.dumps({k: current.get(k) for k in keys}, default=str)))
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
-    if diff:
+    if not diff:
+      return
+    if any(e != "config.json" and not e.startswith("seed_") for e in os.listdir(run_dir)):
       raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff[:4])}): "
                       "use another --workdir, or move that folder away to start over")
-    return
-  if os.path.isdir(run_dir) and any(not e.startswith("seed_") for e in os.listdir(run_dir)):
+    # Nothing was trained under the old config (e.g. its data failed to load): replace it.
+  elif os.path.isdir(run_dir) and any(not e.startswith("seed_") for e in os.listdir(run_dir)):
     raise UserError(f"{run_dir} holds files but no config.json, so it is not a tlflax run: "
                     "choose another --workdir, or move that folder away")
   try:
