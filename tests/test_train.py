@@ -31,7 +31,8 @@ def test_a_few_steps_lower_the_loss():
   task = _task()
   model = models.create_model("resnet18", 10, width=4)
   tx = optax.sgd(0.05, momentum=0.9)
-  state = train.create_train_state(model, tx, jax.random.key(0), task.train.images.shape[1:])
+  state = train.create_train_state(
+      tx, train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   step = jax.jit(functools.partial(train.train_step, model=model, tx=tx))
   batch = {"image": data.normalize(jnp.asarray(task.train.images[:64]), task.mean, task.std),
            "label": jnp.asarray(task.train.labels[:64])}
@@ -46,8 +47,8 @@ def test_a_few_steps_lower_the_loss():
 def test_evaluation_counts_every_example_once_and_matches_a_direct_computation():
   task = _task(n_test=37)
   model = models.create_model("resnet18", 10, width=4)
-  state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0),
-                                   task.train.images.shape[1:])
+  state = train.create_train_state(
+      optax.sgd(0.1), train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   padded = data.pad_for_eval(task.test, 16)
   eval_fn = jax.jit(functools.partial(train.eval_step, model=model))
   result = train.evaluate(eval_fn, state, padded, task.mean, task.std, 16)
@@ -108,7 +109,8 @@ def test_per_shard_step_under_shard_map_matches_plain_jit():
   task = _task(n_train=64)
   model = models.create_model("resnet18", 10, width=4)
   tx = optax.sgd(0.05, momentum=0.9)
-  state = train.create_train_state(model, tx, jax.random.key(0), task.train.images.shape[1:])
+  state = train.create_train_state(
+      tx, train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   batch = {"image": data.normalize(jnp.asarray(task.train.images[:32]), task.mean, task.std),
            "label": jnp.asarray(task.train.labels[:32])}
   plain, plain_metrics = jax.jit(functools.partial(train.train_step, model=model, tx=tx))(

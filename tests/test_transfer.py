@@ -36,7 +36,7 @@ def _setup(policy, phase=PHASE, **transfer_overrides):
 
 
 def _run_steps(setup, steps=3):
-  state = train.create_train_state(setup.model, setup.tx, None, None, _variables())
+  state = train.create_train_state(setup.tx, _variables())
   step = jax.jit(functools.partial(train.train_step, model=setup.model, tx=setup.tx))
   for i in range(steps):
     state, _ = step(state, _batch(seed=i))
@@ -100,7 +100,7 @@ def test_frozen_batchnorm_adapts_when_asked():
 
 def _flops(policy):
   setup = _setup(policy)
-  state = train.create_train_state(setup.model, setup.tx, None, None, _variables())
+  state = train.create_train_state(setup.tx, _variables())
   step = jax.jit(functools.partial(train.train_step, model=setup.model, tx=setup.tx))
   cost = step.lower(state, _batch(32)).compile().cost_analysis()
   return (cost[0] if isinstance(cost, list) else cost)["flops"]

@@ -39,7 +39,7 @@ def freeze_benchmark(config, policies, steps: int) -> list[dict]:
     setup = train.policy_setup(policy, phase, config.model, num_classes, variables["params"],
                                config.transfer, 100, note=lambda _: None)
     fresh = jax.tree.map(jnp.copy, variables)  # the step donates its state
-    state = train.create_train_state(setup.model, setup.tx, None, None, fresh)
+    state = train.create_train_state(setup.tx, fresh)
     t0 = time.perf_counter()
     step = jax.jit(functools.partial(train.train_step, model=setup.model, tx=setup.tx),
                    donate_argnums=0).lower(state, batch).compile()

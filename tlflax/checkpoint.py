@@ -81,6 +81,14 @@ class RunCheckpoints:
     self._mngr.close()
 
 
+def steps_in(directory: str) -> list[int]:
+  """Sorted steps of the checkpoint folders in `directory` (empty if there is none)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
 def locate(path: str) -> tuple[str, int]:
   """(checkpoint folder, step) for a run folder, a checkpoints folder or one step's folder."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -88,10 +96,7 @@ def locate(path: str) -> tuple[str, int]:
   if os.path.basename(path).isdigit():
     candidates.append((os.path.dirname(path), int(os.path.basename(path))))
   for directory, step in candidates:
-    if not os.path.isdir(directory):
-      continue
-    steps = sorted(int(d) for d in os.listdir(directory)
-                   if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+    steps = steps_in(directory)
     if step is None and steps:
       return directory, steps[-1]
     if step is not None and step in steps:

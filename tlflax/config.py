@@ -116,10 +116,8 @@ def _validate_transfer(config) -> None:
   stages = models.num_stages(config.model.name)
   if isinstance(t.freeze, str):
     transfer.freeze_patterns(t.freeze, stages)
-  if t.frozen_bn not in ("running", "adapt"):
-    raise UserError(f"config.transfer.frozen_bn must be 'running' or 'adapt', got {t.frozen_bn!r}")
-  if not 0 < t.layer_decay <= 1:
-    raise UserError(f"config.transfer.layer_decay must be in (0, 1], got {t.layer_decay}")
+  transfer.check_frozen_bn(t.frozen_bn)
+  transfer.check_layer_decay(t.layer_decay)
   for entry in t.unfreeze:
     if len(entry) != 2 or not isinstance(entry[0], int) or entry[0] < 0:
       raise UserError(f"config.transfer.unfreeze entries are (epoch, policy) pairs, got {entry!r}")

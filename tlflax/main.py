@@ -178,7 +178,7 @@ def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
 
   `source` (transfer only) overrides config.transfer.init_from without entering config.json.
   """
-  from tlflax import data, train
+  from tlflax import checkpoint, data, train
   phase = config.source if mode == "pretrain" else config.target
   run_dir = run_dir or os.path.join(workdir, mode)
   _open_run_dir(run_dir, mode, config)
@@ -189,8 +189,7 @@ def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
     return done
   task = data.load_task(phase, config.data_dir, config.seed)
   variables = None
-  resuming = os.path.isdir(os.path.join(run_dir, "checkpoints")) and any(
-      d.isdigit() for d in os.listdir(os.path.join(run_dir, "checkpoints")))
+  resuming = bool(checkpoint.steps_in(os.path.join(run_dir, "checkpoints")))
   if mode == "transfer" and not resuming:
     variables = _source_variables(config, workdir, task, source)
   result = train.fit(phase, config.model, task, run_dir, config.seed,

@@ -83,22 +83,23 @@ def carry_opt_state(old, template):
   return jax.tree_util.tree_map_with_path(pick, template)
 
 
-def create_train_state(model, tx, key: jax.Array, image_shape, variables=None) -> TrainState:
-  """Initialises variables (unless given, e.g. restored for transfer) and the optimizer state."""
-  if variables is None:
-    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(key, dummy)
+def create_train_state(tx, variables: dict) -> TrainState:
+  """Step 0 of training from `variables` (fresh, restored or merged): adds the optimizer state."""
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
-def init_variables(model_cfg, num_classes: int, image_shape, seed: int) -> dict:
-  """Fresh params and batch_stats of the configured model, from the seed's init key."""
-  model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype)
+def init_model(model, key: jax.Array, image_shape) -> dict:
+  """Fresh params and batch_stats of `model` for images of `image_shape`."""
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  init_key = jax.random.split(jax.random.key(seed), 3)[0]
-  return jax.jit(functools.partial(model.init, train=False))(init_key, dummy)
+  return jax.jit(functools.partial(model.init, train=False))(key, dummy)
+
+
+def init_variables(model_cfg, num_classes: int, image_shape, seed: int) -> dict:
+  """Fresh variables of the configured model, from the seed's init key."""
+  model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype)
+  return init_model(model, jax.random.split(jax.random.key(seed), 3)[0], image_shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
                         f"examples in {done['steps_per_epoch']} steps/epoch, not {n_train} in "
                         f"{steps_per_epoch}: use another --workdir or restore that data config")
       setup = new_setup(transfer.policy_at(transfer_cfg, done["epoch"] - 1))
-      template = create_train_state(base_model, setup.tx, root_key, None, variables)
+      template = create_train_state(setup.tx, variables)
       state, root_key, done = ckpts.restore(latest, template)
       start_epoch = done["epoch"]
       history = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
@@ -317,7 +318,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
         t_compile = time.perf_counter()
         if setup is None:
           setup = new_setup(policy)
-          state = create_train_state(base_model, setup.tx, root_key, None, variables)
+          state = create_train_state(setup.tx, variables)
         elif policy != setup.policy:
           setup = new_setup(policy)
           state = state.replace(opt_state=carry_opt_state(

@@ -106,11 +106,22 @@ def trainable_labels(params, policy, num_stages: int):
   return labels
 
 
+def check_frozen_bn(mode: str) -> None:
+  """'running' or 'adapt', else a `UserError`."""
+  if mode not in ("running", "adapt"):
+    raise UserError(f"config.transfer.frozen_bn must be 'running' or 'adapt', got {mode!r}")
+
+
+def check_layer_decay(decay: float) -> None:
+  """In (0, 1], else a `UserError`."""
+  if not 0 < decay <= 1:
+    raise UserError(f"config.transfer.layer_decay must be in (0, 1], got {decay}")
+
+
 def frozen_layout(labels, num_stages: int, frozen_bn: str) -> dict:
   """Model settings for a freeze: which BatchNorms run on running averages, where the backward
   pass may stop (`stop_gradient_units`: leading units of stem, stage1..N that are all frozen)."""
-  if frozen_bn not in ("running", "adapt"):
-    raise UserError(f"config.transfer.frozen_bn must be 'running' or 'adapt', got {frozen_bn!r}")
+  check_frozen_bn(frozen_bn)
   flat = flatten(labels)
   units = ["stem_"] + [f"stage{i}_" for i in range(1, num_stages + 1)]
   prefix = 0
@@ -155,8 +166,7 @@ def depth_from_head(path: str, num_stages: int) -> int:
 def lr_multipliers(params, rules: Sequence[tuple[str, float]], layer_decay: float,
                    num_stages: int):
   """A tree of learning-rate factors: layer_decay ** depth_from_head times the first matching rule."""
-  if not 0 < layer_decay <= 1:
-    raise UserError(f"config.transfer.layer_decay must be in (0, 1], got {layer_decay}")
+  check_layer_decay(layer_decay)
   compiled = list(zip(_compile_all([r for r, _ in rules], "config.transfer.lr_mult"),
                       [float(m) for _, m in rules]))
 
@@ -193,10 +203,11 @@ def merge_pretrained(fresh: dict, source: dict, reinit: Sequence[str], source_na
   def wanted_fresh(path):
     return any(r.search(path) for r in rx)
 
+  srcs = {c: flatten(source.get(c, {})) for c in fresh}
   renewed, missing, unexpected, mismatched = [], [], [], []
   for collection, fresh_tree in fresh.items():
-    src = flatten(source.get(collection, {}))
-    for path, leaf in flatten(fresh_tree).items():
+    src, tgt = srcs[collection], flatten(fresh_tree)
+    for path, leaf in tgt.items():
       full = f"{collection}/{path}"
       if wanted_fresh(path):
         renewed.append(full)
@@ -204,8 +215,7 @@ def merge_pretrained(fresh: dict, source: dict, reinit: Sequence[str], source_na
         missing.append(full)
       elif tuple(src[path].shape) != tuple(leaf.shape):
         mismatched.append(f"{full} {tuple(src[path].shape)} vs {tuple(leaf.shape)}")
-    unexpected += [f"{collection}/{p}" for p in src
-                   if p not in flatten(fresh_tree) and not wanted_fresh(p)]
+    unexpected += [f"{collection}/{p}" for p in src if p not in tgt and not wanted_fresh(p)]
   problems = [f"{name} [{_short(paths)}]" for name, paths in (
       ("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if paths]
   if problems:
@@ -214,11 +224,11 @@ def merge_pretrained(fresh: dict, source: dict, reinit: Sequence[str], source_na
                     "config.transfer.reinit (regexes) or start from a matching checkpoint")
 
   def take(collection):
-    src = flatten(source.get(collection, {}))
+    src = srcs[collection]
     return lambda p, x: x if wanted_fresh(path_str(p)) else jnp.asarray(src[path_str(p)], x.dtype)
 
   merged = {c: jax.tree_util.tree_map_with_path(take(c), tree) for c, tree in fresh.items()}
-  kept = sum(len(flatten(t)) for t in fresh.values()) - len(renewed)
+  kept = sum(len(jax.tree.leaves(t)) for t in fresh.values()) - len(renewed)
   logging.info("transfer from %s: kept %d leaves, re-initialised %d (%s)", source_name, kept,
                len(renewed), _short(renewed) or "none")
   return merged
