@@ -123,6 +123,18 @@ def _sum_over(x, axis_name):
   return jax.lax.psum(x, axis_name) if axis_name else x
 
 
+def _per_shard(tree, axis_name):
+  """`tree` typed as differing between shards, so that jax.grad returns this shard's gradient.
+
+  Under `jax.shard_map` (check_vma on), replicated params are typed invariant over the axis, and
+  jax.grad with respect to them already returns the SUM of the shards' gradients: a pmean after
+  it would leave N times the true gradient on N devices. Differentiating with respect to a
+  varying view gives each shard its own gradient, which `_mean_over` averages, exactly as under
+  `jax.pmap` (where the cast changes nothing) and as plain jit on the whole batch.
+  """
+  return jax.lax.pcast(tree, axis_name, to="varying") if axis_name else tree
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx, axis_name: str | None = None,
                label_smoothing: float = 0.0) -> tuple[TrainState, dict]:
   """One SGD step on this shard's batch; gradients and BN statistics are averaged over axis_name."""
@@ -134,7 +146,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, axis_name: str | No
     loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
     return loss, (logits, updates["batch_stats"])
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      _per_shard(state.params, axis_name))
   grads = _mean_over(grads, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
