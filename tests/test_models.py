@@ -19,7 +19,7 @@ def _count(tree):
 
 @pytest.mark.parametrize("factory,classes,expected", [
     (models.ResNet18, 10, 11_173_962), (models.ResNet18, 100, 11_220_132),
-    (models.ResNet34, 10, 21_282_122)])
+    (models.ResNet34, 10, 21_282_122), (models.ResNet10, 10, 4_903_242)])
 def test_parameter_counts(factory, classes, expected):
   assert _count(_shapes(factory(classes))["params"]) == expected
 
@@ -33,10 +33,11 @@ def test_parameter_paths_name_stem_stages_and_head():
 
 
 def test_output_shape_and_float32_params_for_any_dtype():
+  from tlflax import train
   for dtype in (jnp.float32, jnp.bfloat16):
     model = models.ResNet18(7, width=4, dtype=dtype)
     x = jnp.ones((3, 16, 16, 3))
-    variables = model.init(jax.random.key(0), x)
+    variables = train.init_model(model, jax.random.key(0), x.shape[1:])
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
     logits, inter = model.apply(variables, x, capture_intermediates=True)
     assert logits.shape == (3, 7) and logits.dtype == jnp.float32
@@ -45,15 +46,18 @@ def test_output_shape_and_float32_params_for_any_dtype():
 
 
 def test_train_mode_updates_batch_stats_and_eval_mode_does_not():
+  from tlflax import train
   model = models.ResNet18(3, width=4)
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
-  variables = model.init(jax.random.key(0), x)
-  _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = train.init_model(model, jax.random.key(0), x.shape[1:])
+  _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+      variables, x)
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
                        updates["batch_stats"])
   assert all(jax.tree.leaves(moved))
-  a = model.apply(variables, x)
-  b = model.apply(variables, x[:1])
+  evaluate = jax.jit(model.apply)
+  a = evaluate(variables, x)
+  b = evaluate(variables, x[:1])
   np.testing.assert_allclose(a[:1], b, atol=1e-5)  # eval: no dependence on the rest of the batch
 
 
@@ -62,3 +66,12 @@ def test_train_mode_updates_batch_stats_and_eval_mode_does_not():
 def test_bad_model_config_is_a_user_error(kwargs):
   with pytest.raises(UserError):
     models.create_model(num_classes=10, **kwargs)
+
+
+def test_auto_dtype_is_float32_on_cpu_and_float16_is_refused():
+  assert jax.default_backend() == "cpu"
+  assert models.resolve_dtype("auto") == "float32"
+  assert models.create_model("resnet18", 10, width=4, dtype="auto").dtype == jnp.float32
+  assert models.resolve_dtype("bfloat16") == "bfloat16"
+  with pytest.raises(UserError, match="'float16' is not supported .*use 'bfloat16'"):
+    models.create_model("resnet18", 10, dtype="float16")

@@ -17,7 +17,7 @@ from tlflax.errors import UserError
 # torchvision's ResNet init (kaiming normal, fan_out), which the seed study used.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class BasicBlock(nn.Module):
@@ -92,6 +92,11 @@ class ResNet(nn.Module):
     return jnp.asarray(x, jnp.float32)
 
 
+def ResNet10(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:
+  """CIFAR ResNet-10: one BasicBlock per stage [1, 1, 1, 1]; half the depth, quick on a CPU."""
+  return ResNet((1, 1, 1, 1), num_classes, width, BasicBlock, dtype, **kwargs)
+
+
 def ResNet18(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:
   """The seed's CIFAR ResNet-18: BasicBlocks [2, 2, 2, 2]."""
   return ResNet((2, 2, 2, 2), num_classes, width, BasicBlock, dtype, **kwargs)
@@ -102,7 +107,7 @@ def ResNet34(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> 
   return ResNet((3, 4, 6, 3), num_classes, width, BasicBlock, dtype, **kwargs)
 
 
-MODELS = {"resnet18": ResNet18, "resnet34": ResNet34}
+MODELS = {"resnet10": ResNet10, "resnet18": ResNet18, "resnet34": ResNet34}
 
 
 def num_stages(name: str) -> int:
@@ -110,13 +115,28 @@ def num_stages(name: str) -> int:
   return len(create_model(name, 1).stage_sizes)
 
 
+def resolve_dtype(dtype: str) -> str:
+  """The compute dtype a config value stands for: 'auto' is bfloat16 on GPU/TPU, float32 on CPU.
+
+  float16 is refused: without loss scaling its gradients underflow, and bfloat16 runs at the
+  same speed on the GPUs (Ampere and later) and TPUs where half precision pays off.
+  """
+  if dtype == "auto":
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  if dtype == "float16":
+    raise UserError("model.dtype 'float16' is not supported (it needs loss scaling): use "
+                    "'bfloat16', as fast on GPUs since Ampere and on TPUs, or 'float32'")
+  if dtype not in DTYPES:
+    raise UserError(f"unknown model.dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+  return dtype
+
+
 def create_model(name: str, num_classes: int, width: int = 64, dtype: str = "float32",
                  **kwargs) -> ResNet:
   """Builds a model from config values; unknown names and dtypes are a `UserError`."""
   if name not in MODELS:
     raise UserError(f"unknown model.name {name!r}: choose one of {sorted(MODELS)}")
-  if dtype not in DTYPES:
-    raise UserError(f"unknown model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+  dtype = resolve_dtype(dtype)
   if width < 1:
     raise UserError(f"model.width must be a positive integer, got {width}")
   return MODELS[name](num_classes, width, DTYPES[dtype], **kwargs)
