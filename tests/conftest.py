@@ -1,16 +1,28 @@
 """Shared fixtures: tiny CIFAR archives prepared through tfds's own builders, small configs."""
 
+import atexit
 import io
 import os
 import pathlib
+import shutil
 import sys
 import tarfile
+import tempfile
 
+import jax
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# One persistent XLA compilation cache for the session, shared by this process, the CLI
+# subprocesses and the multi-device checks: a program that one test compiled, the next one loads
+# (as a user's reruns do from ~/.cache/tlflax/jax). Only speed depends on it.
+JAX_CACHE = tempfile.mkdtemp(prefix="tlflax-test-jax-cache-")
+atexit.register(shutil.rmtree, JAX_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 CIFAR10_TRAIN_PER_FILE = 12  # x 5 data_batch files
 CIFAR10_TEST = 30
@@ -129,6 +141,6 @@ def tfds_data(tmp_path_factory):
 def run_cli(args, tmp_path, timeout=600, env=None):
   """Runs `python -m tlflax.main ARGS` in a subprocess from the repo root."""
   import subprocess
-  full_env = {**os.environ, "TLFLAX_JAX_CACHE": str(tmp_path / "jax_cache"), **(env or {})}
+  full_env = {**os.environ, "TLFLAX_JAX_CACHE": JAX_CACHE, **(env or {})}
   return subprocess.run([sys.executable, "-m", "tlflax.main", *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout, check=False)

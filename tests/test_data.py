@@ -1,5 +1,7 @@
 """Synthetic datasets, split strings, adaptation, normalisation and on-device augmentation."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,9 +95,10 @@ def test_channel_stats_match_numpy():
 
 def _batch_of(images, **kw):
   n = len(images)
-  labels = jnp.arange(n, dtype=jnp.int32)
-  batch = data.train_batch(jnp.asarray(images), labels, jnp.arange(n), 0, jax.random.key(0),
-                           jnp.zeros(3), jnp.ones(3) / 255.0, batch_size=n, **kw)
+  on_device = {"images": jnp.asarray(images), "labels": jnp.arange(n, dtype=jnp.int32),
+               "mean": jnp.zeros(3), "std": jnp.ones(3) / 255.0}
+  batch = jax.jit(functools.partial(data.shard_train_batch, axis_name=None, **kw))(
+      on_device, jnp.arange(n), jax.random.key(0))
   return np.asarray(batch["image"]).round().astype(np.int64)  # undoes the /255 normalisation
 
 
@@ -128,10 +131,10 @@ def test_eval_batches_are_untouched_and_masked():
   mean, std = data.channel_stats(split.images)
   padded = data.pad_for_eval(split, 16)
   assert len(padded) == 48
+  on_device = data.device_data(padded, mean, std)
   seen = 0
   for i in range(3):
-    batch = data.eval_batch(jnp.asarray(padded.images), jnp.asarray(padded.labels), i, mean, std,
-                            batch_size=16)
+    batch = data.shard_eval_batch(on_device, jnp.arange(i * 16, (i + 1) * 16))
     mask = np.asarray(batch["mask"])
     real = split.images[i * 16:(i + 1) * 16]
     expected = (real / 255.0 - mean) / std
@@ -139,6 +142,15 @@ def test_eval_batches_are_untouched_and_masked():
     seen += mask.sum()
     assert mask.sum() == len(real)
   assert seen == 37
+
+
+def test_epoch_rows_are_a_seeded_permutation_without_the_remainder():
+  key = jax.random.key(0)
+  rows = data.epoch_rows(key, 3, 100, 32)
+  assert rows.shape == (3, 32) and rows.dtype == np.int32
+  assert len(np.unique(rows)) == 96 and rows.min() >= 0 and rows.max() < 100
+  np.testing.assert_array_equal(rows, data.epoch_rows(key, 3, 100, 32))
+  assert not np.array_equal(rows, data.epoch_rows(key, 4, 100, 32))
 
 
 def test_load_task_synthetic_normalises_with_train_statistics():

@@ -126,11 +126,27 @@ def test_transfer_mode_pretrains_first_and_honours_freeze(tmp_path):
     (["--mode=report"], "holds no scratch or transfer runs"),
 ])
 def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, args, expected):
+  _assert_one_line_error(tmp_path, args, expected)
+
+
+@pytest.mark.parametrize("env,args,expected", [
+    ({"TLFLAX_ACCEL": "cuda12"}, [], "TLFLAX_ACCEL=cuda12 but jax finds only the CPU"),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+     ["--config.target.batch_size=100"],
+     "batch_size=100 does not split evenly over 8 devices: use 96 or 104"),
+    ({}, ["--coordinator=127.0.0.1:1"], "needs --num_processes=N"),
+    ({}, ["--config.model.dtype=float16"], "model.dtype 'float16' is not supported"),
+])
+def test_device_and_precision_mistakes_end_in_one_line_and_exit_2(tmp_path, env, args, expected):
+  _assert_one_line_error(tmp_path, args, expected, env)
+
+
+def _assert_one_line_error(tmp_path, args, expected, env=None):
   base = [] if any(a.startswith("--mode=") for a in args) else ["--mode=scratch"]
   base.append(f"--workdir={tmp_path}")
   if not any(a.startswith("--config=") for a in args):
     base.append("--config=configs/smoke.py")
-  result = run_cli(base + args, tmp_path, timeout=120)
+  result = run_cli(base + args, tmp_path, timeout=120, env=env)
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("tlflax: error:")]
   assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]

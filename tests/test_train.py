@@ -1,4 +1,4 @@
-"""Train and eval steps: learning, exact evaluation, determinism, per-shard form."""
+"""Train and eval steps: learning, exact evaluation, determinism, mixed precision."""
 
 import functools
 
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from tlflax import data, models, train
+from tlflax import checkpoint, data, models, parallel, train
 from tlflax.config import phase_config
 
 MODEL = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "float32"})
@@ -27,9 +27,10 @@ def _phase(**kw):
   return phase_config("synthetic10", **{"epochs": 2, **base, **kw})
 
 
-def test_a_few_steps_lower_the_loss():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_few_steps_lower_the_loss(dtype):
   task = _task()
-  model = models.create_model("resnet18", 10, width=4)
+  model = models.create_model("resnet18", 10, width=4, dtype=dtype)
   tx = optax.sgd(0.05, momentum=0.9)
   state = train.create_train_state(
       tx, train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
@@ -42,6 +43,7 @@ def test_a_few_steps_lower_the_loss():
     losses.append(float(metrics["loss"]))
   assert int(state.step) == 8
   assert losses[-1] < 0.7 * losses[0], losses
+  assert metrics["loss"].dtype == jnp.float32  # the loss stays float32 in bfloat16 compute
 
 
 def test_evaluation_counts_every_example_once_and_matches_a_direct_computation():
@@ -49,9 +51,12 @@ def test_evaluation_counts_every_example_once_and_matches_a_direct_computation()
   model = models.create_model("resnet18", 10, width=4)
   state = train.create_train_state(
       optax.sgd(0.1), train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
+  place = parallel.Placement.create()
   padded = data.pad_for_eval(task.test, 16)
-  eval_fn = jax.jit(functools.partial(train.eval_step, model=model))
-  result = train.evaluate(eval_fn, state, padded, task.mean, task.std, 16)
+  test_data = place.replicate(data.device_data(padded, task.mean, task.std))
+  rows = place.rows(np.arange(48, dtype=np.int32).reshape(3, 16))
+  eval_fn = place.spmd(functools.partial(train.eval_step_on_data, model=model), 4, split=(2,))
+  result = train.evaluate(eval_fn, state, test_data, rows, 3)
   assert result["test_count"] == 37
   images = data.normalize(jnp.asarray(task.test.images), task.mean, task.std)
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)
@@ -104,25 +109,15 @@ def test_weight_decay_is_added_to_the_gradient():
   assert float(updates["w"][0]) == pytest.approx(-1.0)  # -lr * wd * w at step 0
 
 
-def test_per_shard_step_under_shard_map_matches_plain_jit():
-  """The step written with an axis_name gives the same result on a 1-device mesh."""
-  task = _task(n_train=64)
-  model = models.create_model("resnet18", 10, width=4)
-  tx = optax.sgd(0.05, momentum=0.9)
-  state = train.create_train_state(
-      tx, train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
-  batch = {"image": data.normalize(jnp.asarray(task.train.images[:32]), task.mean, task.std),
-           "label": jnp.asarray(task.train.labels[:32])}
-  plain, plain_metrics = jax.jit(functools.partial(train.train_step, model=model, tx=tx))(
-      state, batch)
-  mesh = jax.make_mesh((1,), ("data",))
-  P = jax.sharding.PartitionSpec
-  sharded_step = jax.jit(jax.shard_map(
-      functools.partial(train.train_step, model=model, tx=tx, axis_name="data"), mesh=mesh,
-      in_specs=(P(), P("data")), out_specs=(P(), P())))
-  sharding = functools.partial(jax.sharding.NamedSharding, mesh)
-  sharded, sharded_metrics = sharded_step(jax.device_put(state, sharding(P())),
-                                          jax.device_put(batch, sharding(P("data"))))
-  for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(sharded)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-  assert float(plain_metrics["loss"]) == pytest.approx(float(sharded_metrics["loss"]), rel=1e-6)
+def test_a_bfloat16_run_keeps_float32_params_statistics_optimizer_state_and_checkpoints(tmp_path):
+  task = _task(n_train=64, n_test=20)
+  bf16 = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "bfloat16"})
+  result = train.fit(_phase(epochs=1), bf16, task, str(tmp_path / "bf16"), 0, log_every_steps=4)
+  assert result.summary["dtype"] == "bfloat16"
+  assert all(np.isfinite(r[k]) for r in result.history for k in ("train_loss", "test_loss"))
+  state = result.state
+  floats = [x for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  assert floats and all(x.dtype == jnp.float32 for x in floats)
+  restored, _ = checkpoint.restore_variables(str(tmp_path / "bf16"))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(restored))

@@ -198,12 +198,12 @@ def test_transfer_restore_keeps_backbone_and_reinitialises_head(source_run):
 def test_checkpoint_that_does_not_fit_fails_with_a_listing(source_run):
   run_dir, _ = source_run
   restored, name = checkpoint.restore_variables(run_dir)
-  other_classes = jax.eval_shape(lambda: train.init_variables(MODEL, 100, (16, 16, 3), seed=0))
+  other_classes = train.variable_shapes(MODEL, 100, (16, 16, 3))
   with pytest.raises(UserError, match=r"shape mismatch \[params/head/bias \(10,\) vs \(100,\), "
                                       r"params/head/kernel \(32, 10\) vs \(32, 100\)\]"):
     transfer.merge_pretrained(other_classes, restored, (), name)
   resnet34 = ml_collections.ConfigDict({"name": "resnet34", "width": 4, "dtype": "float32"})
-  deeper = jax.eval_shape(lambda: train.init_variables(resnet34, 10, (16, 16, 3), seed=0))
+  deeper = train.variable_shapes(resnet34, 10, (16, 16, 3))
   with pytest.raises(UserError, match=r"missing \[batch_stats/stage1_block3/bn1/mean, .*"
                                       r"\(\+74 more\)\]"):
     transfer.merge_pretrained(deeper, restored, ("^head/",), name)

@@ -61,12 +61,16 @@ class RunCheckpoints:
         data_state=ocp.args.JsonSave(data_state)), metrics=metrics)
 
   def restore(self, step: int, template):
-    """(state, rng key, data_state) at `step`, restored into the structure of `template`."""
+    """(state, rng key, data_state) at `step`, restored into the structure and the shardings of
+    `template` (arrays or ShapeDtypeStructs): a checkpoint written on any number of devices
+    restores onto today's."""
     args = {k: ocp.args.StandardRestore(_abstract(getattr(template, k))) for k in ARRAY_ITEMS}
     args.update({k: ocp.args.JsonRestore() for k in JSON_ITEMS})
     out = self._mngr.restore(step, args=ocp.args.Composite(**args))
-    state = template.replace(step=jax.numpy.asarray(out["step"]["step"], jax.numpy.int32),
-                             **{k: out[k] for k in ARRAY_ITEMS})
+    step_value = np.asarray(out["step"]["step"], np.int32)
+    state = template.replace(
+        step=jax.make_array_from_process_local_data(template.step.sharding, step_value),
+        **{k: out[k] for k in ARRAY_ITEMS})
     key = jax.random.wrap_key_data(np.asarray(out["rng"]["key"], np.uint32))
     return state, key, dict(out["data_state"])
 
@@ -105,13 +109,15 @@ def locate(path: str) -> tuple[str, int]:
                   "run folder (with checkpoints/) or at one checkpoint folder")
 
 
-def restore_variables(path: str) -> tuple[dict, str]:
-  """params and batch_stats of the checkpoint `path` points at (see `locate`), and its name."""
+def restore_variables(path: str, sharding: jax.sharding.Sharding | None = None
+                      ) -> tuple[dict, str]:
+  """params and batch_stats of the checkpoint `path` points at (see `locate`), and its name,
+  placed by `sharding` (e.g. replicated over today's mesh; default: the first local device)."""
   directory, step = locate(path)
   mngr = ocp.CheckpointManager(directory, item_handlers=_handlers())
   try:
     meta = mngr.item_metadata(step)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    device = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     args = {}
     for item in ("params", "batch_stats"):
       if meta.get(item) is None:

@@ -55,7 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.seeds = (0,)
   config.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
-  config.model = ml_collections.ConfigDict({"name": "resnet18", "width": 64, "dtype": "float32"})
+  # dtype 'auto': bfloat16 compute on GPU/TPU, float32 on CPU; params and BN stats stay float32.
+  config.model = ml_collections.ConfigDict({"name": "resnet18", "width": 64, "dtype": "auto"})
+  config.parallel = "shard_map"  # or 'pmap' (one process): how the per-shard steps run
   config.source = phase_config("cifar10", epochs=30)
   config.target = phase_config("cifar100", epochs=100)
   config.transfer = transfer_config()
@@ -77,8 +79,11 @@ _NON_NEGATIVE = ("examples_per_class", "learning_rate", "weight_decay", "warmup_
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a one-line `UserError` for the first value no run could use."""
-  from tlflax import models
+  from tlflax import models, parallel
   models.create_model(config.model.name, 2, config.model.width, config.model.dtype)
+  if config.parallel not in parallel.KINDS:
+    raise UserError(f"unknown config.parallel {config.parallel!r}: choose one of "
+                    f"{', '.join(parallel.KINDS)}")
   for name in ("source", "target"):
     phase = config[name]
     for key in _POSITIVE:

@@ -1,8 +1,9 @@
 """Datasets to device arrays: tfds or synthetic splits, adapted, normalised, augmented on device.
 
 A split is loaded once into host memory as uint8 (N, H, W, 3), adapted to the model's input
-(grey -> RGB, resize), then kept on the device. Shuffling, cropping, flipping and normalising run
-inside jit, so a training step needs no host work and no host-to-device copy.
+(grey -> RGB, resize), then kept on the devices, a full copy on each. Each device gathers, crops,
+flips and normalises its own part of every batch inside the jitted step, so a training step needs
+no host work and no host-to-device copy beyond the epoch's table of example indices.
 """
 
 import contextlib
@@ -307,8 +308,14 @@ def load_task(ds_cfg, data_dir: str | None, seed: int) -> Task:
 
 
 # ------------------------------------------------------------------------------------------------
-# On the device: batches, augmentation, evaluation padding
+# On the devices: batches, augmentation, evaluation padding
 # ------------------------------------------------------------------------------------------------
+
+
+def device_data(split: Split, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
+  """What the steps read from device memory: uint8 images, int32 labels, the normalisation."""
+  return {"images": split.images, "labels": split.labels,
+          "mean": np.asarray(mean, np.float32), "std": np.asarray(std, np.float32)}
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
@@ -316,39 +323,58 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
   return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
-def augment(key: jax.Array, images: jax.Array, crop_padding: int, flip: bool) -> jax.Array:
-  """Random crop after zero padding, and random horizontal flip, per example (uint8 in and out)."""
-  n, h, w, c = images.shape
-  crop_key, flip_key = jax.random.split(key)
-  if crop_padding:
-    p = crop_padding
-    padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-    offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * p + 1)
-    images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
-        padded, offsets)
-  if flip:
-    flips = jax.random.bernoulli(flip_key, 0.5, (n,))
-    images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
-  return images
+def augment(keys: jax.Array, images: jax.Array, crop_padding: int, flip: bool) -> jax.Array:
+  """Random crop after zero padding and random horizontal flip, each example from its own key
+  (uint8 in and out)."""
+  h, w, c = images.shape[1:]
+  p = crop_padding
+
+  def one(key, image):
+    crop_key, flip_key = jax.random.split(key)
+    if p:
+      offset = jax.random.randint(crop_key, (2,), 0, 2 * p + 1)
+      padded = jnp.pad(image, ((p, p), (p, p), (0, 0)))
+      image = jax.lax.dynamic_slice(padded, (offset[0], offset[1], 0), (h, w, c))
+    if flip:
+      image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+    return image
+
+  return jax.vmap(one)(keys, images)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "crop_padding", "flip"))
-def train_batch(images, labels, perm, index, key, mean, std, *, batch_size: int,
-                crop_padding: int, flip: bool) -> dict:
-  """Batch `index` of the epoch order `perm`, augmented and normalised, built on the device."""
-  idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
-  batch_images = augment(key, images[idx], crop_padding, flip)
-  return {"image": normalize(batch_images, mean, std), "label": labels[idx]}
+def batch_positions(size: int, axis_name: str | None) -> jax.Array:
+  """Positions in the global batch of this shard's `size` examples (shard k holds block k)."""
+  offset = jax.lax.axis_index(axis_name) * size if axis_name else 0
+  return offset + jnp.arange(size)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
-def eval_batch(images, labels, index, mean, std, *, batch_size: int) -> dict:
-  """Batch `index` of a test split padded to whole batches; `mask` marks the real examples."""
-  start = index * batch_size
-  batch_images = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
-  batch_labels = jax.lax.dynamic_slice_in_dim(labels, start, batch_size)
-  return {"image": normalize(batch_images, mean, std), "label": batch_labels,
-          "mask": batch_labels >= 0}
+def shard_train_batch(data: dict, rows: jax.Array, key: jax.Array, *, axis_name: str | None,
+                      crop_padding: int, flip: bool) -> dict:
+  """This shard's part of a global training batch: examples `rows` of the on-device `data`,
+  augmented and normalised.
+
+  Example j of the global batch is augmented with fold_in(key, j), so the global batch does not
+  depend on how many devices or processes share it.
+  """
+  keys = jax.vmap(functools.partial(jax.random.fold_in, key))(
+      batch_positions(rows.shape[0], axis_name))
+  images = augment(keys, data["images"][rows], crop_padding, flip)
+  return {"image": normalize(images, data["mean"], data["std"]), "label": data["labels"][rows]}
+
+
+def shard_eval_batch(data: dict, rows: jax.Array) -> dict:
+  """This shard's part of an evaluation batch; `mask` marks real examples (padding has label -1)."""
+  labels = data["labels"][rows]
+  return {"image": normalize(data["images"][rows], data["mean"], data["std"]), "label": labels,
+          "mask": labels >= 0}
+
+
+def epoch_rows(key: jax.Array, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The example indices of every batch of `epoch`, (steps, batch_size): a permutation drawn from
+  fold_in(key, epoch), its remainder dropped. The same on every process and device count."""
+  perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), num_examples))
+  steps = num_examples // batch_size
+  return perm[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
 def pad_for_eval(split: Split, batch_size: int) -> Split:

@@ -9,6 +9,10 @@ Modes:
   report    redraw DIR/report/ from the metrics on disk
 Rerunning a command on the same workdir resumes interrupted runs and reuses finished ones.
 Every mistake a user can make ends in one line on stderr and exit code 2.
+
+Every device of the host trains (data parallel). For several hosts, start the same command on
+each: `--distributed` on a Cloud TPU VM or under SLURM, or `--coordinator=HOST:PORT
+--num_processes=N --process_id=I`; process 0 writes the metrics, summaries and report.
 """
 
 import json
@@ -28,6 +32,12 @@ DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "c
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "compare", f"What to run: one of {', '.join(MODES)}.")
 flags.DEFINE_string("workdir", "runs", "Folder that receives one sub-folder per run.")
+flags.DEFINE_bool("distributed", False, "Start jax.distributed from the cluster's environment "
+                  "(Cloud TPU VM, SLURM, Open MPI); implied inside a multi-task SLURM step.")
+flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, to run as one of several "
+                    "processes (with --num_processes and --process_id).")
+flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator).")
+flags.DEFINE_integer("process_id", -1, "This process's index, 0..N-1 (with --coordinator).")
 try:
   # Without --config, config_flags loads the default and applies --config.KEY overrides from
   # sys.argv right here, at definition; keep that error for _parse_flags to report in one line.
@@ -108,9 +118,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _open_run_dir(run_dir: str, mode: str, config) -> None:
-  """Creates the run folder and its config.json, or checks that an existing one agrees."""
+  """Creates the run folder and its config.json, or checks that an existing one agrees.
+
+  Every process checks (so all refuse together); process 0 alone writes; all meet afterwards.
+  """
+  from tlflax import parallel
   path = os.path.join(run_dir, "config.json")
   current = {"mode": mode, **config.to_dict()}
+  write = True
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
@@ -119,21 +134,24 @@ def _open_run_dir(run_dir: str, mode: str, config) -> None:
     new = _flat(json.loads(json.dumps({k: current.get(k) for k in keys}, default=str)))
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
-    if not diff:
-      return
-    if any(e != "config.json" and not e.startswith("seed_") for e in os.listdir(run_dir)):
+    if diff and any(e != "config.json" and not e.startswith("seed_")
+                    for e in os.listdir(run_dir)):
       raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff[:4])}): "
                       "use another --workdir, or move that folder away to start over")
-    # Nothing was trained under the old config (e.g. its data failed to load): replace it.
+    # Same config: keep the file. Another config but nothing trained under it (e.g. its data
+    # failed to load): replace it.
+    write = bool(diff)
   elif os.path.isdir(run_dir) and any(not e.startswith("seed_") for e in os.listdir(run_dir)):
     raise UserError(f"{run_dir} holds files but no config.json, so it is not a tlflax run: "
                     "choose another --workdir, or move that folder away")
-  try:
-    os.makedirs(run_dir, exist_ok=True)
-  except OSError as e:
-    raise UserError(f"cannot create run folder {run_dir} ({e.strerror}): choose a writable "
-                    "--workdir") from e
-  _write_json(path, current)
+  if write and parallel.is_main_process():
+    try:
+      os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+      raise UserError(f"cannot create run folder {run_dir} ({e.strerror}): choose a writable "
+                      "--workdir") from e
+    _write_json(path, current)
+  parallel.sync(f"opened {run_dir}")
 
 
 def _write_json(path: str, obj) -> None:
@@ -152,33 +170,45 @@ def _finished(run_dir: str) -> dict | None:
     return json.load(f)
 
 
-def _source_variables(config, workdir: str, target_task, source: str | None):
-  """The target's initial variables: the source checkpoint merged into a fresh init."""
+def _source_variables(config, workdir: str, target_task, source: str | None, placement):
+  """The target's initial variables: the source checkpoint merged into a fresh init, on the
+  devices of `placement`."""
   from tlflax import checkpoint, train, transfer
-  source = source or config.transfer.init_from or ensure_pretrained(config, workdir)
-  restored, name = checkpoint.restore_variables(source)
-  fresh = train.init_variables(config.model, target_task.num_classes,
-                               target_task.train.images.shape[1:], config.seed)
+  source = source or config.transfer.init_from or ensure_pretrained(config, workdir, placement)
+  restored, name = checkpoint.restore_variables(source, placement.replicated)
+  fresh = placement.replicate(train.init_variables(
+      config.model, target_task.num_classes, target_task.train.images.shape[1:], config.seed))
   return transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name)
 
 
-def ensure_pretrained(config, workdir: str) -> str:
+def _load_task(phase, config):
+  """The phase's dataset. Process 0 loads first, preparing it with tfds if needed, so several
+  processes never download into one data_dir at once; the others then read what it prepared."""
+  from tlflax import data, parallel
+  task = data.load_task(phase, config.data_dir, config.seed) if parallel.is_main_process() \
+      else None
+  parallel.sync(f"loaded {phase.dataset}")
+  return task or data.load_task(phase, config.data_dir, config.seed)
+
+
+def ensure_pretrained(config, workdir: str, placement=None) -> str:
   """DIR/pretrain, after pretraining there if no finished pretraining exists."""
   run_dir = os.path.join(workdir, "pretrain")
   if _finished(run_dir) is None:
     logging.info("no finished pretraining in %s: pretraining on %s first", run_dir,
                  config.source.dataset)
-    run_phase("pretrain", config, workdir)
+    run_phase("pretrain", config, workdir, placement=placement)
   return run_dir
 
 
 def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
-              source: str | None = None) -> dict:
+              source: str | None = None, placement=None) -> dict:
   """Runs (or resumes, or reuses) one training run and returns its summary.
 
   `source` (transfer only) overrides config.transfer.init_from without entering config.json.
   """
-  from tlflax import checkpoint, data, train
+  from tlflax import checkpoint, parallel, train
+  placement = placement or parallel.Placement.create(config.parallel)
   phase = config.source if mode == "pretrain" else config.target
   run_dir = run_dir or os.path.join(workdir, mode)
   _open_run_dir(run_dir, mode, config)
@@ -187,53 +217,78 @@ def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
     logging.info("[%s] %s is complete (test_accuracy %.4f): reusing it; move it away to retrain",
                  mode, run_dir, done["final"]["test_accuracy"])
     return done
-  task = data.load_task(phase, config.data_dir, config.seed)
+  task = _load_task(phase, config)
   variables = None
   resuming = bool(checkpoint.steps_in(os.path.join(run_dir, "checkpoints")))
   if mode == "transfer" and not resuming:
-    variables = _source_variables(config, workdir, task, source)
-  result = train.fit(phase, config.model, task, run_dir, config.seed,
+    variables = _source_variables(config, workdir, task, source, placement)
+  result = train.fit(phase, config.model, task, run_dir, config.seed, placement=placement,
                      transfer_cfg=config.transfer if mode == "transfer" else None,
                      variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),
                      log_every_steps=config.log_every_steps,
                      eval_every_epochs=config.eval_every_epochs, label=mode)
   summary = {"mode": mode, "seed": config.seed, **result.summary}
-  _write_json(os.path.join(run_dir, "summary.json"), summary)
+  if parallel.is_main_process():
+    _write_json(os.path.join(run_dir, "summary.json"), summary)
+  parallel.sync(f"finished {run_dir}")  # every process sees the run as finished from here on
   final = result.history[-1]
   logging.info("[%s] done in %.1fs: test_accuracy %.4f, test_loss %.4f; wrote %s", mode,
                result.summary["wall_s"], final["test_accuracy"], final["test_loss"], run_dir)
   return summary
 
 
-def run_compare(config, workdir: str) -> str:
+def _write_report(workdir: str) -> str:
+  """The report, drawn by process 0 only (every process checks there is something to report)."""
+  from tlflax import parallel, report
+  out = os.path.join(workdir, "report")
+  report.require_runs(workdir)
+  if parallel.is_main_process():
+    out = report.write_report(workdir)
+    logging.info("report written to %s", out)
+  parallel.sync("report")
+  return out
+
+
+def run_compare(config, workdir: str, placement=None) -> str:
   """Experiments A (scratch) and B (transfer) for every seed, sharing one pretraining; report."""
-  from tlflax import report
-  pretrained = config.transfer.init_from or ensure_pretrained(config, workdir)
+  pretrained = config.transfer.init_from or ensure_pretrained(config, workdir, placement)
   for seed in config.seeds:
     seeded = config.copy_and_resolve_references()
     with seeded.unlocked():
       seeded.seed = int(seed)
     for mode in ("scratch", "transfer"):
-      run_phase(mode, seeded, workdir, os.path.join(workdir, mode, f"seed_{seed}"), pretrained)
-  out = report.write_report(workdir)
-  logging.info("report written to %s", out)
-  return out
+      run_phase(mode, seeded, workdir, os.path.join(workdir, mode, f"seed_{seed}"), pretrained,
+                placement)
+  return _write_report(workdir)
 
 
 def run(mode: str, config, workdir: str):
   """Validates the config and dispatches to the mode."""
   from tlflax import config as config_lib
-  from tlflax import report
+  from tlflax import parallel
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
   if mode == "report":
-    out = report.write_report(workdir)
-    logging.info("report written to %s", out)
-    return out
+    return _write_report(workdir)
   config_lib.validate(config)
+  placement = parallel.Placement.create(config.parallel)
   if mode == "compare":
-    return run_compare(config, workdir)
-  return run_phase(mode, config, workdir)
+    return run_compare(config, workdir, placement)
+  return run_phase(mode, config, workdir, placement=placement)
+
+
+def _start_devices() -> None:
+  """jax.distributed when this is one process of several, then the accelerator check; logs what
+  the run trains on (only process 0 logs INFO lines)."""
+  from tlflax import parallel
+  parallel.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
+                      FLAGS.distributed)
+  parallel.check_accelerator()
+  if not parallel.is_main_process():
+    logging.set_verbosity(logging.WARNING)
+  d = parallel.describe()
+  logging.info("%s backend: %d device(s) (%s), %d process(es)", d["backend"], d["devices"],
+               d["device_kind"], d["processes"])
 
 
 def main(argv: list[str]) -> None:
@@ -243,6 +298,7 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   _setup_jax()
   try:
+    _start_devices()
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
   except UserError as e:
     _fail(str(e))

@@ -47,22 +47,28 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Progress:
-  """A tqdm bar per epoch on a terminal; plain log lines (loss, img/s, ETA) otherwise."""
+  """A tqdm bar per epoch on a terminal; plain log lines (loss, img/s, ETA) otherwise.
+
+  `quiet` (every process but the first of a multi-process run) shows nothing.
+  """
 
   def __init__(self, label: str, epochs: int, steps_per_epoch: int, batch_size: int,
-               log_every_steps: int, stream=None):
+               log_every_steps: int, stream=None, quiet: bool = False):
     self.label = label
+    self.quiet = quiet
     self.epochs = epochs
     self.steps = steps_per_epoch
     self.batch_size = batch_size
     self.every = max(1, log_every_steps)
     self.stream = stream or sys.stderr
-    self.tty = self.stream.isatty()
+    self.tty = self.stream.isatty() and not quiet
     self._bar = None
     self._done_steps = 0  # over the whole phase, for the ETA
     self._phase_t0 = time.perf_counter()
 
   def note(self, message: str) -> None:
+    if self.quiet:
+      return
     if self._bar is not None:
       self._bar.write(f"[{self.label}] {message}")
     else:
@@ -78,6 +84,8 @@ class Progress:
                        unit="step", file=self.stream, leave=False, dynamic_ncols=True)
 
   def wants_update(self, step_in_epoch: int) -> bool:
+    if self.quiet:
+      return False
     return (step_in_epoch + 1) % self.every == 0 or step_in_epoch + 1 == self.steps
 
   def update(self, steps_done: int, mean_loss: float) -> None:

@@ -132,12 +132,18 @@ def _markdown(summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_report(workdir: str) -> str:
-  """Writes DIR/report/ from the metrics on disk and returns that folder."""
+def require_runs(workdir: str) -> dict:
+  """The summary of `workdir`, or a `UserError` when it holds nothing to report."""
   summary = summarize(workdir)
   if not summary["experiments"]:
     raise UserError(f"{workdir} holds no scratch or transfer runs with metrics: run "
                     "--mode=compare (or --mode=scratch / --mode=transfer) there first")
+  return summary
+
+
+def write_report(workdir: str) -> str:
+  """Writes DIR/report/ from the metrics on disk and returns that folder."""
+  summary = require_runs(workdir)
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   _plot(workdir, "test_loss", "test loss", os.path.join(out, "loss.png"))

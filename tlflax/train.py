@@ -2,7 +2,7 @@
 
 The steps are pure functions written for one shard: every cross-device mean goes through
 `axis_name`, so the same function runs under plain `jax.jit` (axis_name=None, one device) and
-later under `jax.shard_map` / `jax.pmap` (axis_name='data') without change.
+under `jax.shard_map` / `jax.pmap` (axis_name='data', see `parallel.py`) without change.
 """
 
 import dataclasses
@@ -21,7 +21,7 @@ import optax
 
 from tlflax import checkpoint as checkpoint_lib
 from tlflax import data as data_lib
-from tlflax import models, transfer
+from tlflax import models, parallel, transfer
 from tlflax.errors import UserError, require
 from tlflax.monitor import MetricsWriter, Progress, read_metrics
 
@@ -90,16 +90,36 @@ def create_train_state(tx, variables: dict) -> TrainState:
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
-def init_model(model, key: jax.Array, image_shape) -> dict:
-  """Fresh params and batch_stats of `model` for images of `image_shape`."""
+def init_model(model, key: jax.Array | int, image_shape) -> dict:
+  """Fresh params and batch_stats of `model` for images of `image_shape`, on the default device.
+
+  `key` may be an int seed (its first split is the init key). The key is an argument of the
+  jitted init, not a constant, so one compilation serves every seed. Runs place the result on
+  their devices with `Placement.replicate`, so the same program serves every placement too.
+  """
+  if isinstance(key, int):
+    key = jax.random.split(jax.random.key(key), 3)[0]
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  return jax.jit(functools.partial(model.init, train=False))(key, dummy)
+  # Init runs once, so its compilation is what costs: the key derivations flax makes per
+  # parameter unroll into a large program, and on the CPU most of the time goes to XLA's backend
+  # optimisations (ResNet-10 width 4: 19 s -> 3.4 s without them; ResNet-18 width 64: 11.8 s ->
+  # 5.9 s), which change nothing but last-bit rounding of the initial weights.
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  return jax.jit(functools.partial(model.init, train=False), compiler_options=options)(key, dummy)
 
 
 def init_variables(model_cfg, num_classes: int, image_shape, seed: int) -> dict:
-  """Fresh variables of the configured model, from the seed's init key."""
+  """Fresh variables of the configured model, from the seed's init key (default device)."""
   model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype)
-  return init_model(model, jax.random.split(jax.random.key(seed), 3)[0], image_shape)
+  return init_model(model, seed, image_shape)
+
+
+def variable_shapes(model_cfg, num_classes: int, image_shape) -> dict:
+  """ShapeDtypeStructs of the configured model's variables, without computing (or compiling)
+  an init."""
+  model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype)
+  dummy = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), dummy)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,6 +197,29 @@ def eval_step(variables: dict, batch: dict, *, model, axis_name: str | None = No
   return _sum_over(sums, axis_name)
 
 
+def train_step_on_data(state: TrainState, data: dict, rows: jax.Array, *, model, tx,
+                       axis_name: str | None = None, label_smoothing: float = 0.0,
+                       crop_padding: int = 0, flip: bool = False) -> tuple[TrainState, dict]:
+  """Per shard: builds this shard's part of batch `state.step % len(rows)` of the epoch from the
+  dataset on the device, then takes one `train_step`.
+
+  `rows` is this shard's block of the epoch's (steps, batch) table of example indices; the
+  augmentation key of global step s is fold_in(data['aug_key'], s), so a resumed run replays it.
+  """
+  key = jax.random.fold_in(jax.random.wrap_key_data(data["aug_key"]), state.step)
+  batch = data_lib.shard_train_batch(data, rows[state.step % rows.shape[0]], key,
+                                     axis_name=axis_name, crop_padding=crop_padding, flip=flip)
+  return train_step(state, batch, model=model, tx=tx, axis_name=axis_name,
+                    label_smoothing=label_smoothing)
+
+
+def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, model,
+                      axis_name: str | None = None) -> dict:
+  """Per shard: `eval_step` on this shard's part of evaluation batch `index`."""
+  return eval_step(variables, data_lib.shard_eval_batch(data, rows[index]), model=model,
+                   axis_name=axis_name)
+
+
 # ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
@@ -197,14 +240,13 @@ def eval_variables(state: TrainState) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def evaluate(eval_fn: Callable, state: TrainState, test: data_lib.Split, mean, std,
-             batch_size: int) -> dict:
-  """Covers every test example exactly once (padded, masked batches of one fixed shape)."""
+def evaluate(eval_fn: Callable, state: TrainState, test_data: dict, rows, steps: int) -> dict:
+  """Covers every test example exactly once: `steps` padded, masked batches of one fixed shape,
+  `eval_fn(variables, test_data, rows, i)` summing over batch i of the table `rows`."""
   totals = None
   variables = eval_variables(state)
-  for i in range(len(test) // batch_size):
-    batch = data_lib.eval_batch(test.images, test.labels, i, mean, std, batch_size=batch_size)
-    sums = eval_fn(variables, batch)
+  for i in range(steps):
+    sums = eval_fn(variables, test_data, rows, i)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = int(totals["count"])
@@ -247,8 +289,8 @@ def policy_setup(policy, phase, model_cfg, num_classes, params, transfer_cfg, st
   return _Setup(policy, model, tx)
 
 
-def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, transfer_cfg=None,
-        variables=None, checkpoint_cfg=None, log_every_steps: int = 50,
+def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, placement=None,
+        transfer_cfg=None, variables=None, checkpoint_cfg=None, log_every_steps: int = 50,
         eval_every_epochs: int = 1, label: str = "") -> PhaseResult:
   """Trains on `task` for `phase.epochs`, evaluating, checkpointing and writing metrics to
   `run_dir`. A run folder that already holds checkpoints is resumed from the latest one and
@@ -256,49 +298,52 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
 
   Order of initialisation: a checkpoint in `run_dir` (resume) wins; otherwise `variables` (e.g.
   restored and merged from a source model for transfer); otherwise a fresh init from `seed`.
+  `placement` (default: every device, shard_map) decides where arrays live and how steps run;
+  process 0 alone writes metrics and shows progress.
   """
   t_start = time.perf_counter()
+  placement = placement or parallel.Placement.create()
+  main = parallel.is_main_process()
   n_train = len(task.train)
   batch_size = phase.batch_size
   require(batch_size <= n_train,
           f"batch_size {batch_size} exceeds the {n_train} training examples of {task.name}: "
           f"lower batch_size or widen train_split")
+  placement.check_batch(batch_size, "batch_size")
   steps_per_epoch = n_train // batch_size
-  eval_bs = min(phase.eval_batch_size, len(task.test))
   checkpoint_cfg = checkpoint_cfg or {}
   schedule = learning_rate_schedule(phase, steps_per_epoch)
-  progress = Progress(label, phase.epochs, steps_per_epoch, batch_size, log_every_steps)
+  progress = Progress(label, phase.epochs, steps_per_epoch, batch_size, log_every_steps,
+                      quiet=not main)
 
-  # --- Data on the device -----------------------------------------------------------------------
-  train_images, train_labels = jax.device_put((task.train.images, task.train.labels))
-  test = data_lib.pad_for_eval(task.test, eval_bs)
-  test = data_lib.Split(*jax.device_put((test.images, test.labels)))
-  mean, std = jnp.asarray(task.mean), jnp.asarray(task.std)
-  make_batch = functools.partial(data_lib.train_batch, batch_size=batch_size,
-                                 crop_padding=phase.crop_padding, flip=phase.flip)
+  # --- Data on the devices: a full copy on each; each device builds its part of a batch -------
+  root_key = jax.random.key(seed)
+  train_data, test_data, eval_rows, eval_steps = _place_data(placement, task,
+                                                             phase.eval_batch_size)
 
   # --- Fresh state, or the latest checkpoint of this run ----------------------------------------
-  root_key = jax.random.key(seed)
   base_model = models.create_model(model_cfg.name, task.num_classes, model_cfg.width,
                                    model_cfg.dtype)
-  if variables is None:
-    variables = init_variables(model_cfg, task.num_classes, task.train.images.shape[1:], seed)
-  # Rules read only paths and shapes; the arrays themselves are donated by the first step.
-  param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                              variables["params"])
-  new_setup = functools.partial(policy_setup, phase=phase, model_cfg=model_cfg,
-                                num_classes=task.num_classes, params=param_shapes,
-                                transfer_cfg=transfer_cfg, steps_per_epoch=steps_per_epoch,
-                                note=progress.note)
   ckpts = checkpoint_lib.RunCheckpoints(os.path.join(run_dir, "checkpoints"),
                                         keep=checkpoint_cfg.get("keep", 2),
                                         keep_best=checkpoint_cfg.get("keep_best", True),
                                         async_save=checkpoint_cfg.get("async_save", True))
+  latest = ckpts.latest_step()
+  image_shape = task.train.images.shape[1:]
+  if variables is None and latest is None:
+    variables = placement.replicate(init_variables(model_cfg, task.num_classes, image_shape,
+                                                   seed))
+  # Rules read only paths and shapes, so a resumed run needs no init at all.
+  shapes = (jax.eval_shape(lambda: variables) if variables is not None
+            else variable_shapes(model_cfg, task.num_classes, image_shape))
+  new_setup = functools.partial(policy_setup, phase=phase, model_cfg=model_cfg,
+                                num_classes=task.num_classes, params=shapes["params"],
+                                transfer_cfg=transfer_cfg, steps_per_epoch=steps_per_epoch,
+                                note=progress.note)
   ckpt_every = checkpoint_cfg.get("every_epochs", 1)
   writer = None
   try:
     setup, start_epoch, history = None, 0, []
-    latest = ckpts.latest_step()
     if latest is not None:
       done = ckpts.data_state(latest)
       if (done["steps_per_epoch"], done["train_examples"]) != (steps_per_epoch, n_train):
@@ -306,51 +351,55 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
                         f"examples in {done['steps_per_epoch']} steps/epoch, not {n_train} in "
                         f"{steps_per_epoch}: use another --workdir or restore that data config")
       setup = new_setup(transfer.policy_at(transfer_cfg, done["epoch"] - 1))
-      template = create_train_state(setup.tx, variables)
-      state, root_key, done = ckpts.restore(latest, template)
+      target = placement.abstract(jax.eval_shape(
+          lambda: create_train_state(setup.tx, shapes)))  # onto today's devices
+      state, root_key, done = ckpts.restore(latest, target)
       start_epoch = done["epoch"]
       history = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
-      _rewrite_metrics(run_dir, history)  # later records belonged to the lost part of the run
+      if main:
+        _rewrite_metrics(run_dir, history)  # later records belonged to the lost part of the run
       progress.note(f"resuming from {ckpts.directory}/{latest} (epoch {start_epoch}, "
                     f"step {latest})")
-    elif read_metrics(run_dir):
+    elif main and read_metrics(run_dir):
       _rewrite_metrics(run_dir, [])  # stopped before its first checkpoint: start over
     _, order_key, aug_key = jax.random.split(root_key, 3)
+    train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(aug_key)))
 
-    writer = MetricsWriter(run_dir)
-    eval_fn = jax.jit(functools.partial(eval_step, model=base_model))
+    writer = MetricsWriter(run_dir) if main else None
+    eval_fn = placement.spmd(functools.partial(eval_step_on_data, model=base_model), 4, split=(2,))
     compile_s = 0.0
     progress.note(f"{task.name}: {n_train} train / {len(task.test)} test examples, "
-                  f"{task.num_classes} classes, {steps_per_epoch} steps/epoch, "
-                  f"{count_params(variables['params']):,} params")
+                  f"{task.num_classes} classes, {steps_per_epoch} steps/epoch of {batch_size} "
+                  f"over {placement.num_devices} devices, {count_params(shapes['params']):,} "
+                  f"params, {models.resolve_dtype(model_cfg.dtype)} compute")
     train_s = 0.0
     for epoch in range(start_epoch, phase.epochs):
       policy = transfer.policy_at(transfer_cfg, epoch)
+      rows = placement.rows(data_lib.epoch_rows(order_key, epoch, n_train, batch_size))
       if setup is None or setup.step_fn is None or policy != setup.policy:
         # Compile ahead of the epoch so img/s measures training, not compilation.
         t_compile = time.perf_counter()
         if setup is None:
           setup = new_setup(policy)
-          state = create_train_state(setup.tx, variables)
+          state = placement.jit_replicated(functools.partial(create_train_state, setup.tx))(
+              variables)
+          variables = None  # the state holds them now
         elif policy != setup.policy:
           setup = new_setup(policy)
           state = state.replace(opt_state=carry_opt_state(
-              state.opt_state, setup.tx.init(state.params)))
-        example = make_batch(train_images, train_labels, jnp.arange(n_train), 0, aug_key, mean,
-                             std)
-        setup.step_fn = jax.jit(functools.partial(
-            train_step, model=setup.model, tx=setup.tx, label_smoothing=phase.label_smoothing),
-            donate_argnums=0).lower(state, example).compile()
+              state.opt_state, placement.jit_replicated(setup.tx.init)(state.params)))
+        setup.step_fn = placement.spmd(functools.partial(
+            train_step_on_data, model=setup.model, tx=setup.tx,
+            label_smoothing=phase.label_smoothing, crop_padding=phase.crop_padding,
+            flip=phase.flip), 3, split=(2,), donate=(0,)).lower(state, train_data, rows).compile()
         if not isinstance(eval_fn, jax.stages.Compiled):
-          eval_fn = eval_fn.lower(eval_variables(state), data_lib.eval_batch(
-              test.images, test.labels, 0, mean, std, batch_size=eval_bs)).compile()
+          eval_fn = eval_fn.lower(eval_variables(state), test_data, eval_rows, 0).compile()
         compile_s += time.perf_counter() - t_compile
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
 
       t_epoch = time.perf_counter()
-      state, sums = _train_epoch(
-          setup.step_fn, state, functools.partial(make_batch, train_images, train_labels),
-          epoch, steps_per_epoch, n_train, order_key, aug_key, (mean, std), progress)
+      state, sums = _train_epoch(setup.step_fn, state, train_data, rows, epoch, steps_per_epoch,
+                                 progress)
       epoch_s = time.perf_counter() - t_epoch
       train_s += epoch_s
       train_loss = float(sums["loss"]) / steps_per_epoch
@@ -361,11 +410,12 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
       if (epoch + 1) % eval_every_epochs == 0 or last:
         record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": train_loss,
                   "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
-                  **evaluate(eval_fn, state, test, mean, std, eval_bs),
+                  **evaluate(eval_fn, state, test_data, eval_rows, eval_steps),
                   "learning_rate": float(schedule(int(state.step) - 1)),
                   "epoch_s": epoch_s, "img_per_s": steps_per_epoch * batch_size / epoch_s,
                   "wall_s": time.perf_counter() - t_start}
-        writer.write(record)
+        if writer is not None:
+          writer.write(record)
         history.append(record)
         progress.note(f"epoch {epoch + 1}: train_loss {train_loss:.4f} test_loss "
                       f"{record['test_loss']:.4f} test_acc {record['test_accuracy']:.4f} "
@@ -381,6 +431,8 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
       writer.close()
   summary = {"dataset": task.name, "num_classes": task.num_classes, "train_examples": n_train,
              "test_examples": len(task.test), "params": count_params(state.params),
+             **placement.describe(),
+             "dtype": models.resolve_dtype(model_cfg.dtype),
              "compile_s": compile_s, "train_s": train_s, "resumed_from_epoch": start_epoch,
              "wall_s": time.perf_counter() - t_start,
              "mean": task.mean.tolist(), "std": task.std.tolist(),
@@ -388,17 +440,26 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, trans
   return PhaseResult(state, base_model, history, summary)
 
 
-def _train_epoch(step_fn, state, make_batch, epoch, steps_per_epoch, n_train, order_key,
-                 aug_key, stats, progress) -> tuple[TrainState, dict]:
-  """One epoch of steps. The data order of epoch e and the augmentation of global step s come
-  from fold_in(key, e) and fold_in(key, s): a resumed run replays them exactly."""
-  perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
-  sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
+def _place_data(placement, task: data_lib.Task, eval_batch_size: int):
+  """The train and test splits replicated on every device, and the table of evaluation batches
+  (the test split padded to whole batches of a multiple of the device count)."""
+  train_data = placement.replicate(data_lib.device_data(task.train, task.mean, task.std))
+  eval_bs = placement.round_up(min(eval_batch_size, len(task.test)))
+  test = data_lib.pad_for_eval(task.test, eval_bs)
+  test_data = placement.replicate(data_lib.device_data(test, task.mean, task.std))
+  eval_steps = len(test) // eval_bs
+  eval_rows = placement.rows(np.arange(len(test), dtype=np.int32).reshape(eval_steps, eval_bs))
+  return train_data, test_data, eval_rows, eval_steps
+
+
+def _train_epoch(step_fn, state, train_data, rows, epoch, steps_per_epoch, progress
+                 ) -> tuple[TrainState, dict]:
+  """One epoch of steps over the batches of `rows` (the step picks its batch from state.step)."""
+  sums = None
   progress.start_epoch(epoch)
   for i in range(steps_per_epoch):
-    step_key = jax.random.fold_in(aug_key, epoch * steps_per_epoch + i)
-    state, metrics = step_fn(state, make_batch(perm, i, step_key, *stats))
-    sums = jax.tree.map(jnp.add, sums, metrics)
+    state, metrics = step_fn(state, train_data, rows)
+    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     if progress.wants_update(i):
       progress.update(i + 1, float(sums["loss"]) / (i + 1))
   return state, jax.device_get(sums)
