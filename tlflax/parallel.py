@@ -88,11 +88,11 @@ def check_accelerator(expected: str | None = None) -> None:
                     "set it to the accelerator of this machine, or unset it")
   want = ACCELERATORS[expected]
   if want != "cpu" and jax.default_backend() == "cpu":
-    check = ("`nvidia-smi` must list the GPU and its driver support CUDA "
-             f"{expected[-2:]}" if want == "gpu" else "run on a Cloud TPU VM")
+    check = (f"check that `nvidia-smi` lists the GPU with a driver for CUDA {expected[-2:]}"
+             if want == "gpu" else "run it on a Cloud TPU VM")
     raise UserError(f"TLFLAX_ACCEL={expected} but jax finds only the CPU: install the matching "
                     f"jax (`pip install -U 'jax[{expected}]'`, or `TLFLAX_ACCEL={expected} "
-                    f"./launch.sh install`), and {check}")
+                    f"./launch.sh install`) and {check}")
 
 
 def describe(devices: Sequence[jax.Device] | None = None) -> dict:
