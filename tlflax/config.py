@@ -81,9 +81,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a one-line `UserError` for the first value no run could use."""
   from tlflax import models, parallel
   models.create_model(config.model.name, 2, config.model.width, config.model.dtype)
-  if config.parallel not in parallel.KINDS:
-    raise UserError(f"unknown config.parallel {config.parallel!r}: choose one of "
-                    f"{', '.join(parallel.KINDS)}")
+  parallel.check_kind(config.parallel)
   for name in ("source", "target"):
     phase = config[name]
     for key in _POSITIVE:

@@ -188,7 +188,7 @@ def _load_task(phase, config):
   task = data.load_task(phase, config.data_dir, config.seed) if parallel.is_main_process() \
       else None
   parallel.sync(f"loaded {phase.dataset}")
-  return task or data.load_task(phase, config.data_dir, config.seed)
+  return task if task is not None else data.load_task(phase, config.data_dir, config.seed)
 
 
 def ensure_pretrained(config, workdir: str, placement=None) -> str:
@@ -241,9 +241,9 @@ def _write_report(workdir: str) -> str:
   """The report, drawn by process 0 only (every process checks there is something to report)."""
   from tlflax import parallel, report
   out = os.path.join(workdir, "report")
-  report.require_runs(workdir)
+  summary = report.require_runs(workdir)
   if parallel.is_main_process():
-    out = report.write_report(workdir)
+    out = report.write_report(workdir, summary)
     logging.info("report written to %s", out)
   parallel.sync("report")
   return out

@@ -132,6 +132,15 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.array(devices), (AXIS,), axis_types=(AxisType.Auto,))
 
 
+def check_kind(kind: str) -> None:
+  """config.parallel must be one of KINDS; pmap runs within one process."""
+  if kind not in KINDS:
+    raise UserError(f"unknown config.parallel {kind!r}: choose one of {', '.join(KINDS)}")
+  if kind == "pmap" and jax.process_count() > 1:
+    raise UserError("config.parallel='pmap' runs within one process; runs over several "
+                    "processes use config.parallel='shard_map' (the default)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
   """Where a run's arrays live and how its per-shard steps run: a mesh and a parallel kind."""
@@ -142,11 +151,7 @@ class Placement:
   @classmethod
   def create(cls, kind: str = "shard_map", devices: Sequence[jax.Device] | None = None
              ) -> "Placement":
-    if kind not in KINDS:
-      raise UserError(f"unknown config.parallel {kind!r}: choose one of {', '.join(KINDS)}")
-    if kind == "pmap" and jax.process_count() > 1:
-      raise UserError("config.parallel='pmap' runs within one process; runs over several "
-                      "processes use config.parallel='shard_map' (the default)")
+    check_kind(kind)
     return cls(make_mesh(devices), kind)
 
   @property

@@ -141,9 +141,10 @@ def require_runs(workdir: str) -> dict:
   return summary
 
 
-def write_report(workdir: str) -> str:
-  """Writes DIR/report/ from the metrics on disk and returns that folder."""
-  summary = require_runs(workdir)
+def write_report(workdir: str, summary: dict | None = None) -> str:
+  """Writes DIR/report/ from the metrics on disk (summarised by `require_runs` unless given)
+  and returns that folder."""
+  summary = summary or require_runs(workdir)
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   _plot(workdir, "test_loss", "test loss", os.path.join(out, "loss.png"))

@@ -324,6 +324,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
   # --- Fresh state, or the latest checkpoint of this run ----------------------------------------
   base_model = models.create_model(model_cfg.name, task.num_classes, model_cfg.width,
                                    model_cfg.dtype)
+  dtype = models.resolve_dtype(model_cfg.dtype)
   ckpts = checkpoint_lib.RunCheckpoints(os.path.join(run_dir, "checkpoints"),
                                         keep=checkpoint_cfg.get("keep", 2),
                                         keep_best=checkpoint_cfg.get("keep_best", True),
@@ -371,7 +372,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
     progress.note(f"{task.name}: {n_train} train / {len(task.test)} test examples, "
                   f"{task.num_classes} classes, {steps_per_epoch} steps/epoch of {batch_size} "
                   f"over {placement.num_devices} devices, {count_params(shapes['params']):,} "
-                  f"params, {models.resolve_dtype(model_cfg.dtype)} compute")
+                  f"params, {dtype} compute")
     train_s = 0.0
     for epoch in range(start_epoch, phase.epochs):
       policy = transfer.policy_at(transfer_cfg, epoch)
@@ -432,7 +433,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
   summary = {"dataset": task.name, "num_classes": task.num_classes, "train_examples": n_train,
              "test_examples": len(task.test), "params": count_params(state.params),
              **placement.describe(),
-             "dtype": models.resolve_dtype(model_cfg.dtype),
+             "dtype": dtype,
              "compile_s": compile_s, "train_s": train_s, "resumed_from_epoch": start_epoch,
              "wall_s": time.perf_counter() - t_start,
              "mean": task.mean.tolist(), "std": task.std.tolist(),
