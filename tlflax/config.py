@@ -56,7 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.seeds = (0,)
   config.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
   # dtype 'auto': bfloat16 compute on GPU/TPU, float32 on CPU; params and BN stats stay float32.
-  config.model = ml_collections.ConfigDict({"name": "resnet18", "width": 64, "dtype": "auto"})
+  # conv 'auto': weight gradients as GEMMs on the CPU (conv.py), XLA's own on GPU/TPU.
+  config.model = ml_collections.ConfigDict(
+      {"name": "resnet18", "width": 64, "dtype": "auto", "conv": "auto"})
   config.parallel = "shard_map"  # or 'pmap' (one process): how the per-shard steps run
   config.source = phase_config("cifar10", epochs=30)
   config.target = phase_config("cifar100", epochs=100)
@@ -80,7 +82,7 @@ _NON_NEGATIVE = ("examples_per_class", "learning_rate", "weight_decay", "warmup_
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a one-line `UserError` for the first value no run could use."""
   from tlflax import models, parallel
-  models.create_model(config.model.name, 2, config.model.width, config.model.dtype)
+  models.from_config(config.model, 2)
   parallel.check_kind(config.parallel)
   for name in ("source", "target"):
     phase = config[name]

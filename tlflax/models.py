@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tlflax import conv as conv_lib
 from tlflax.errors import UserError
 
 # torchvision's ResNet init (kaiming normal, fan_out), which the seed study used.
@@ -61,11 +62,13 @@ class ResNet(nn.Module):
   axis_name: str | None = None
   frozen_bn: tuple[str, ...] = ()
   stop_gradient_units: int = 0
+  conv_fn: Callable | None = None  # a jax.lax.conv_general_dilated drop-in (see conv.py)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init, padding="SAME")
+        nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init, padding="SAME",
+        conv_general_dilated=self.conv_fn)
 
     def norm_at(prefix):
       def norm(name):
@@ -132,11 +135,20 @@ def resolve_dtype(dtype: str) -> str:
 
 
 def create_model(name: str, num_classes: int, width: int = 64, dtype: str = "float32",
-                 **kwargs) -> ResNet:
-  """Builds a model from config values; unknown names and dtypes are a `UserError`."""
+                 conv: str = "auto", **kwargs) -> ResNet:
+  """Builds a model from config values; unknown names, dtypes and convolutions are a
+  `UserError`. `conv` is 'auto' (GEMM weight gradients on the CPU, XLA's own elsewhere),
+  'xla' or 'gemm'."""
   if name not in MODELS:
     raise UserError(f"unknown model.name {name!r}: choose one of {sorted(MODELS)}")
   dtype = resolve_dtype(dtype)
   if width < 1:
     raise UserError(f"model.width must be a positive integer, got {width}")
-  return MODELS[name](num_classes, width, DTYPES[dtype], **kwargs)
+  conv_fn = None if conv_lib.resolve(conv) == "xla" else conv_lib.conv_general_dilated
+  return MODELS[name](num_classes, width, DTYPES[dtype], conv_fn=conv_fn, **kwargs)
+
+
+def from_config(model_cfg, num_classes: int, **kwargs) -> ResNet:
+  """`create_model` from a config's `model` block (name, width, dtype, conv)."""
+  return create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype,
+                      model_cfg.get("conv", "auto"), **kwargs)

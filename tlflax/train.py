@@ -110,14 +110,14 @@ def init_model(model, key: jax.Array | int, image_shape) -> dict:
 
 def init_variables(model_cfg, num_classes: int, image_shape, seed: int) -> dict:
   """Fresh variables of the configured model, from the seed's init key (default device)."""
-  model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype)
+  model = models.from_config(model_cfg, num_classes)
   return init_model(model, seed, image_shape)
 
 
 def variable_shapes(model_cfg, num_classes: int, image_shape) -> dict:
   """ShapeDtypeStructs of the configured model's variables, without computing (or compiling)
   an init."""
-  model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype)
+  model = models.from_config(model_cfg, num_classes)
   dummy = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
   return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), dummy)
 
@@ -277,8 +277,7 @@ def policy_setup(policy, phase, model_cfg, num_classes, params, transfer_cfg, st
   if transfer_cfg is not None and (transfer_cfg.lr_mult or transfer_cfg.layer_decay != 1.0):
     factors = transfer.lr_multipliers(params, transfer_cfg.lr_mult, transfer_cfg.layer_decay,
                                       num_stages)
-  model = models.create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype,
-                              **layout)
+  model = models.from_config(model_cfg, num_classes, **layout)
   tx = make_optimizer(phase, steps_per_epoch, labels, factors)
   if transfer_cfg is not None or policy != "none":
     flat = transfer.flatten(labels)
@@ -322,8 +321,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                                                              phase.eval_batch_size)
 
   # --- Fresh state, or the latest checkpoint of this run ----------------------------------------
-  base_model = models.create_model(model_cfg.name, task.num_classes, model_cfg.width,
-                                   model_cfg.dtype)
+  base_model = models.from_config(model_cfg, task.num_classes)
   dtype = models.resolve_dtype(model_cfg.dtype)
   ckpts = checkpoint_lib.RunCheckpoints(os.path.join(run_dir, "checkpoints"),
                                         keep=checkpoint_cfg.get("keep", 2),
