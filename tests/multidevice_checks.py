@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from tlflax import checkpoint, data, parallel, train
+from tlflax import checkpoint, data, parallel, steps, train
 from tlflax.config import phase_config
 from tlflax.errors import UserError
 
@@ -80,10 +80,10 @@ def steps_check(task, reference, placements) -> dict:
   table = data.epoch_rows(jax.random.key(1), 0, len(task.train), PHASE.batch_size)
 
   def run(place):
-    state = place.jit_replicated(functools.partial(train.create_train_state, setup.tx))(
+    state = place.jit_replicated(functools.partial(steps.create_train_state, setup.tx))(
         place.replicate(variables))
     step = place.spmd(functools.partial(
-        train.train_step_on_data, model=setup.model, tx=setup.tx,
+        steps.train_step_on_data, model=setup.model, tx=setup.tx,
         label_smoothing=PHASE.label_smoothing, crop_padding=PHASE.crop_padding, flip=PHASE.flip),
         3, split=(2,), donate=(0,))
     device_data, rows = place.replicate(host_data), place.rows(table)

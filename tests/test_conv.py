@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from tlflax import conv, models, train
+from tlflax import conv, models, steps, train
 from tlflax.errors import UserError
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -84,7 +84,7 @@ def test_resnet_train_gradients_equal_with_either_convolution():
     def loss(params, model=model, variables=variables):
       logits, _ = model.apply({**variables, "params": params}, x, train=True,
                               mutable=["batch_stats"])
-      return jnp.mean(train.cross_entropy(logits, labels))
+      return jnp.mean(steps.cross_entropy(logits, labels))
     grads[impl] = jax.jit(jax.grad(loss))(variables["params"])
   flat_x, flat_g = jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["gemm"])
   assert len(flat_x) == len(flat_g) > 10

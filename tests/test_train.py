@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from tlflax import checkpoint, data, models, parallel, train
+from tlflax import checkpoint, data, models, parallel, steps, train
 from tlflax.config import phase_config
 
 MODEL = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "float32"})
@@ -32,9 +32,9 @@ def test_a_few_steps_lower_the_loss(dtype):
   task = _task()
   model = models.create_model("resnet18", 10, width=4, dtype=dtype)
   tx = optax.sgd(0.05, momentum=0.9)
-  state = train.create_train_state(
+  state = steps.create_train_state(
       tx, train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx))
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx))
   batch = {"image": data.normalize(jnp.asarray(task.train.images[:64]), task.mean, task.std),
            "label": jnp.asarray(task.train.labels[:64])}
   losses = []
@@ -49,13 +49,13 @@ def test_a_few_steps_lower_the_loss(dtype):
 def test_evaluation_counts_every_example_once_and_matches_a_direct_computation():
   task = _task(n_test=37)
   model = models.create_model("resnet18", 10, width=4)
-  state = train.create_train_state(
+  state = steps.create_train_state(
       optax.sgd(0.1), train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   place = parallel.Placement.create()
   padded = data.pad_for_eval(task.test, 16)
   test_data = place.replicate(data.device_data(padded, task.mean, task.std))
   rows = place.rows(np.arange(48, dtype=np.int32).reshape(3, 16))
-  eval_fn = place.spmd(functools.partial(train.eval_step_on_data, model=model), 4, split=(2,))
+  eval_fn = place.spmd(functools.partial(steps.eval_step_on_data, model=model), 4, split=(2,))
   result = train.evaluate(eval_fn, state, test_data, rows, 3)
   assert result["test_count"] == 37
   images = data.normalize(jnp.asarray(task.test.images), task.mean, task.std)

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tlflax import checkpoint, train, transfer
+from tlflax import checkpoint, steps, train, transfer
 from tlflax import config as config_lib
 from tlflax.errors import UserError
 
@@ -35,10 +35,10 @@ def _setup(policy, phase=PHASE, **transfer_overrides):
                             note=lambda _: None)
 
 
-def _run_steps(setup, steps=3):
-  state = train.create_train_state(setup.tx, _variables())
-  step = jax.jit(functools.partial(train.train_step, model=setup.model, tx=setup.tx))
-  for i in range(steps):
+def _run_steps(setup, num_steps=3):
+  state = steps.create_train_state(setup.tx, _variables())
+  step = jax.jit(functools.partial(steps.train_step, model=setup.model, tx=setup.tx))
+  for i in range(num_steps):
     state, _ = step(state, _batch(seed=i))
   return state
 
@@ -91,7 +91,7 @@ def test_weight_decay_and_clipping_see_only_trainable_params():
 
 
 def test_frozen_batchnorm_adapts_when_asked():
-  state = _run_steps(_setup("stages:2", frozen_bn="adapt"), steps=1)
+  state = _run_steps(_setup("stages:2", frozen_bn="adapt"), num_steps=1)
   old, new = transfer.flatten(_variables()["batch_stats"]), transfer.flatten(state.batch_stats)
   assert not _same(new["stem_bn/mean"], old["stem_bn/mean"])
   assert _same(transfer.flatten(state.params)["stem_bn/scale"],
@@ -100,8 +100,8 @@ def test_frozen_batchnorm_adapts_when_asked():
 
 def _flops(policy):
   setup = _setup(policy)
-  state = train.create_train_state(setup.tx, _variables())
-  step = jax.jit(functools.partial(train.train_step, model=setup.model, tx=setup.tx))
+  state = steps.create_train_state(setup.tx, _variables())
+  step = jax.jit(functools.partial(steps.train_step, model=setup.model, tx=setup.tx))
   cost = step.lower(state, _batch(32)).compile().cost_analysis()
   return (cost[0] if isinstance(cost, list) else cost)["flops"]
 

@@ -21,12 +21,12 @@ flags.DEFINE_string("out", "", "Also write the rows as JSON to this file.")
 config_flags.DEFINE_config_file("config", "configs/cifar10_to_cifar100.py", "Config file.")
 
 
-def freeze_benchmark(config, policies, steps: int) -> list[dict]:
+def freeze_benchmark(config, policies, num_steps: int) -> list[dict]:
   """Times the target's train step under each freeze policy."""
   import jax
   import jax.numpy as jnp
 
-  from tlflax import train
+  from tlflax import steps, train
   phase = config.target
   num_classes = 100
   shape = (phase.image_size, phase.image_size, 3)
@@ -39,9 +39,9 @@ def freeze_benchmark(config, policies, steps: int) -> list[dict]:
     setup = train.policy_setup(policy, phase, config.model, num_classes, variables["params"],
                                config.transfer, 100, note=lambda _: None)
     fresh = jax.tree.map(jnp.copy, variables)  # the step donates its state
-    state = train.create_train_state(setup.tx, fresh)
+    state = steps.create_train_state(setup.tx, fresh)
     t0 = time.perf_counter()
-    step = jax.jit(functools.partial(train.train_step, model=setup.model, tx=setup.tx),
+    step = jax.jit(functools.partial(steps.train_step, model=setup.model, tx=setup.tx),
                    donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     cost = step.cost_analysis()
@@ -49,10 +49,10 @@ def freeze_benchmark(config, policies, steps: int) -> list[dict]:
     state, metrics = step(state, batch)  # warm-up
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(num_steps):
       state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))
-    step_s = (time.perf_counter() - t0) / steps
+    step_s = (time.perf_counter() - t0) / num_steps
     rows.append({"policy": policy, "compile_s": compile_s, "step_ms": 1e3 * step_s,
                  "img_per_s": phase.batch_size / step_s, "gflops_per_step": flops / 1e9})
   base = rows[0]["step_ms"]

@@ -1,8 +1,7 @@
-"""Training state, per-shard train/eval steps, and the epoch loop of one training phase.
+"""One training phase: optimizer, initialisation, freeze policies and the epoch loop (`fit`).
 
-The steps are pure functions written for one shard: every cross-device mean goes through
-`axis_name`, so the same function runs under plain `jax.jit` (axis_name=None, one device) and
-under `jax.shard_map` / `jax.pmap` (axis_name='data', see `parallel.py`) without change.
+The per-shard steps it runs live in `steps.py`; where arrays live and how the steps run over the
+devices, in `parallel.py`.
 """
 
 import dataclasses
@@ -13,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,20 +19,9 @@ import optax
 
 from tlflax import checkpoint as checkpoint_lib
 from tlflax import data as data_lib
-from tlflax import models, parallel, transfer
+from tlflax import models, parallel, steps, transfer
 from tlflax.errors import UserError, require
 from tlflax.monitor import MetricsWriter, Progress, read_metrics
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training; the model and optimizer stay outside as statics."""
-
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
 
 # ------------------------------------------------------------------------------------------------
 # Optimizer
@@ -83,13 +70,6 @@ def carry_opt_state(old, template):
   return jax.tree_util.tree_map_with_path(pick, template)
 
 
-def create_train_state(tx, variables: dict) -> TrainState:
-  """Step 0 of training from `variables` (fresh, restored or merged): adds the optimizer state."""
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
-
-
 def init_model(model, key: jax.Array | int, image_shape) -> dict:
   """Fresh params and batch_stats of `model` for images of `image_shape`, on the default device.
 
@@ -123,104 +103,6 @@ def variable_shapes(model_cfg, num_classes: int, image_shape) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Steps (per shard)
-# ------------------------------------------------------------------------------------------------
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy with integer labels, in float32."""
-  num_classes = logits.shape[-1]
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
-      if label_smoothing else jax.nn.one_hot(labels, num_classes)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def _mean_over(x, axis_name):
-  return jax.lax.pmean(x, axis_name) if axis_name else x
-
-
-def _sum_over(x, axis_name):
-  return jax.lax.psum(x, axis_name) if axis_name else x
-
-
-def _per_shard(tree, axis_name):
-  """`tree` typed as differing between shards, so that jax.grad returns this shard's gradient.
-
-  Under `jax.shard_map` (check_vma on), replicated params are typed invariant over the axis, and
-  jax.grad with respect to them already returns the SUM of the shards' gradients: a pmean after
-  it would leave N times the true gradient on N devices. Differentiating with respect to a
-  varying view gives each shard its own gradient, which `_mean_over` averages, exactly as under
-  `jax.pmap` (where the cast changes nothing) and as plain jit on the whole batch.
-  """
-  return jax.lax.pcast(tree, axis_name, to="varying") if axis_name else tree
-
-
-def train_step(state: TrainState, batch: dict, *, model, tx, axis_name: str | None = None,
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict]:
-  """One SGD step on this shard's batch; gradients and BN statistics are averaged over axis_name."""
-  model = model.clone(axis_name=axis_name)
-
-  def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                  batch["image"], train=True, mutable=["batch_stats"])
-    loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-    return loss, (logits, updates["batch_stats"])
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      _per_shard(state.params, axis_name))
-  grads = _mean_over(grads, axis_name)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
-  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state)
-  return new_state, _mean_over(metrics, axis_name)
-
-
-def eval_step(variables: dict, batch: dict, *, model, axis_name: str | None = None) -> dict:
-  """Sums of loss, top-1 and top-5 hits and the example count over the masked batch.
-
-  Takes only params and batch_stats, so it does not recompile when the optimizer changes.
-  """
-  logits = model.apply(variables, batch["image"], train=False)
-  mask = batch["mask"]
-  labels = jnp.where(mask, batch["label"], 0)
-  loss = cross_entropy(logits, labels)
-  k = min(5, logits.shape[-1])
-  top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
-  sums = {
-      "loss": jnp.sum(jnp.where(mask, loss, 0.0)),
-      "correct": jnp.sum(mask & (jnp.argmax(logits, -1) == labels)),
-      "correct_top5": jnp.sum(mask & top5),
-      "count": jnp.sum(mask),
-  }
-  return _sum_over(sums, axis_name)
-
-
-def train_step_on_data(state: TrainState, data: dict, rows: jax.Array, *, model, tx,
-                       axis_name: str | None = None, label_smoothing: float = 0.0,
-                       crop_padding: int = 0, flip: bool = False) -> tuple[TrainState, dict]:
-  """Per shard: builds this shard's part of batch `state.step % len(rows)` of the epoch from the
-  dataset on the device, then takes one `train_step`.
-
-  `rows` is this shard's block of the epoch's (steps, batch) table of example indices; the
-  augmentation key of global step s is fold_in(data['aug_key'], s), so a resumed run replays it.
-  """
-  key = jax.random.fold_in(jax.random.wrap_key_data(data["aug_key"]), state.step)
-  batch = data_lib.shard_train_batch(data, rows[state.step % rows.shape[0]], key,
-                                     axis_name=axis_name, crop_padding=crop_padding, flip=flip)
-  return train_step(state, batch, model=model, tx=tx, axis_name=axis_name,
-                    label_smoothing=label_smoothing)
-
-
-def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, model,
-                      axis_name: str | None = None) -> dict:
-  """Per shard: `eval_step` on this shard's part of evaluation batch `index`."""
-  return eval_step(variables, data_lib.shard_eval_batch(data, rows[index]), model=model,
-                   axis_name=axis_name)
-
-
-# ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
 
@@ -229,23 +111,19 @@ def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, mo
 class PhaseResult:
   """What a finished phase hands back: final state, its model, and the metric history."""
 
-  state: TrainState
+  state: steps.TrainState
   model: Any
   history: list[dict]
   summary: dict
 
 
-def eval_variables(state: TrainState) -> dict:
-  """The variables a forward pass needs."""
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def evaluate(eval_fn: Callable, state: TrainState, test_data: dict, rows, steps: int) -> dict:
-  """Covers every test example exactly once: `steps` padded, masked batches of one fixed shape,
+def evaluate(eval_fn: Callable, state: steps.TrainState, test_data: dict, rows,
+             num_batches: int) -> dict:
+  """Covers every test example exactly once: `num_batches` padded, masked batches of one fixed shape,
   `eval_fn(variables, test_data, rows, i)` summing over batch i of the table `rows`."""
   totals = None
-  variables = eval_variables(state)
-  for i in range(steps):
+  variables = steps.eval_variables(state)
+  for i in range(num_batches):
     sums = eval_fn(variables, test_data, rows, i)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -351,7 +229,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                         f"{steps_per_epoch}: use another --workdir or restore that data config")
       setup = new_setup(transfer.policy_at(transfer_cfg, done["epoch"] - 1))
       target = placement.abstract(jax.eval_shape(
-          lambda: create_train_state(setup.tx, shapes)))  # onto today's devices
+          lambda: steps.create_train_state(setup.tx, shapes)))  # onto today's devices
       state, root_key, done = ckpts.restore(latest, target)
       start_epoch = done["epoch"]
       history = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
@@ -365,7 +243,8 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
     train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(aug_key)))
 
     writer = MetricsWriter(run_dir) if main else None
-    eval_fn = placement.spmd(functools.partial(eval_step_on_data, model=base_model), 4, split=(2,))
+    eval_fn = placement.spmd(functools.partial(steps.eval_step_on_data, model=base_model), 4,
+                             split=(2,))
     compile_s = 0.0
     progress.note(f"{task.name}: {n_train} train / {len(task.test)} test examples, "
                   f"{task.num_classes} classes, {steps_per_epoch} steps/epoch of {batch_size} "
@@ -380,19 +259,19 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
         t_compile = time.perf_counter()
         if setup is None:
           setup = new_setup(policy)
-          state = placement.jit_replicated(functools.partial(create_train_state, setup.tx))(
-              variables)
+          state = placement.jit_replicated(
+              functools.partial(steps.create_train_state, setup.tx))(variables)
           variables = None  # the state holds them now
         elif policy != setup.policy:
           setup = new_setup(policy)
           state = state.replace(opt_state=carry_opt_state(
               state.opt_state, placement.jit_replicated(setup.tx.init)(state.params)))
         setup.step_fn = placement.spmd(functools.partial(
-            train_step_on_data, model=setup.model, tx=setup.tx,
+            steps.train_step_on_data, model=setup.model, tx=setup.tx,
             label_smoothing=phase.label_smoothing, crop_padding=phase.crop_padding,
             flip=phase.flip), 3, split=(2,), donate=(0,)).lower(state, train_data, rows).compile()
         if not isinstance(eval_fn, jax.stages.Compiled):
-          eval_fn = eval_fn.lower(eval_variables(state), test_data, eval_rows, 0).compile()
+          eval_fn = eval_fn.lower(steps.eval_variables(state), test_data, eval_rows, 0).compile()
         compile_s += time.perf_counter() - t_compile
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
 
@@ -452,7 +331,7 @@ def _place_data(placement, task: data_lib.Task, eval_batch_size: int):
 
 
 def _train_epoch(step_fn, state, train_data, rows, epoch, steps_per_epoch, progress
-                 ) -> tuple[TrainState, dict]:
+                 ) -> tuple[steps.TrainState, dict]:
   """One epoch of steps over the batches of `rows` (the step picks its batch from state.step)."""
   sums = None
   progress.start_epoch(epoch)

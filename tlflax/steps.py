@@ -1,0 +1,149 @@
+"""Per-shard train and eval steps, and the state they carry.
+
+The steps are pure functions written for one shard: every cross-device mean goes through
+`axis_name`, so the same function runs under plain `jax.jit` (axis_name=None, one device) and
+under `jax.shard_map` / `jax.pmap` (axis_name='data', see `parallel.py`) without change.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from tlflax import data as data_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; the model and optimizer stay outside as statics."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def create_train_state(tx, variables: dict) -> TrainState:
+  """Step 0 of training from `variables` (fresh, restored or merged): adds the optimizer state."""
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+def eval_variables(state: TrainState) -> dict:
+  """The variables a forward pass needs."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy with integer labels, in float32."""
+  num_classes = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
+      if label_smoothing else jax.nn.one_hot(labels, num_classes)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def mean_over(x, axis_name):
+  return jax.lax.pmean(x, axis_name) if axis_name else x
+
+
+def sum_over(x, axis_name):
+  return jax.lax.psum(x, axis_name) if axis_name else x
+
+
+def per_shard(tree, axis_name):
+  """`tree` typed as differing between shards, so that jax.grad returns this shard's gradient.
+
+  Under `jax.shard_map` (check_vma on), replicated params are typed invariant over the axis, and
+  jax.grad with respect to them already returns the SUM of the shards' gradients: a pmean after
+  it would leave N times the true gradient on N devices. Differentiating with respect to a
+  varying view gives each shard its own gradient, which `mean_over` averages, exactly as under
+  `jax.pmap` (where the cast changes nothing) and as plain jit on the whole batch.
+  """
+  return jax.lax.pcast(tree, axis_name, to="varying") if axis_name else tree
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, axis_name: str | None = None,
+               label_smoothing: float = 0.0) -> tuple[TrainState, dict]:
+  """One SGD step on this shard's batch; gradients and BN statistics are averaged over axis_name."""
+  model = model.clone(axis_name=axis_name)
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                  batch["image"], train=True, mutable=["batch_stats"])
+    loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+    return loss, (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      per_shard(state.params, axis_name))
+  return apply_gradients(state, grads, tx, axis_name, batch_stats=batch_stats,
+                         metrics=train_metrics(loss, logits, batch["label"]))
+
+
+def train_metrics(loss, logits, labels) -> dict:
+  """This shard's mean loss and top-1 accuracy over its batch."""
+  return {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+def apply_gradients(state: TrainState, grads, tx, axis_name: str | None, *, batch_stats,
+                    metrics: dict) -> tuple[TrainState, dict]:
+  """The next state from this shard's gradients (averaged over `axis_name` first), and the
+  metrics averaged likewise."""
+  grads = mean_over(grads, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state)
+  return new_state, mean_over(metrics, axis_name)
+
+
+def eval_step(variables: dict, batch: dict, *, model, axis_name: str | None = None) -> dict:
+  """Sums of loss, top-1 and top-5 hits and the example count over the masked batch.
+
+  Takes only params and batch_stats, so it does not recompile when the optimizer changes.
+  """
+  logits = model.apply(variables, batch["image"], train=False)
+  return eval_sums(logits, batch["label"], batch["mask"], axis_name)
+
+
+def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array, axis_name: str | None
+              ) -> dict:
+  """Sums over the examples where `mask` holds (and over `axis_name`): loss, top-1 and top-5
+  hits, count."""
+  labels = jnp.where(mask, labels, 0)
+  loss = cross_entropy(logits, labels)
+  k = min(5, logits.shape[-1])
+  top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+  sums = {
+      "loss": jnp.sum(jnp.where(mask, loss, 0.0)),
+      "correct": jnp.sum(mask & (jnp.argmax(logits, -1) == labels)),
+      "correct_top5": jnp.sum(mask & top5),
+      "count": jnp.sum(mask),
+  }
+  return sum_over(sums, axis_name)
+
+
+def train_step_on_data(state: TrainState, data: dict, rows: jax.Array, *, model, tx,
+                       axis_name: str | None = None, label_smoothing: float = 0.0,
+                       crop_padding: int = 0, flip: bool = False) -> tuple[TrainState, dict]:
+  """Per shard: builds this shard's part of batch `state.step % len(rows)` of the epoch from the
+  dataset on the device, then takes one `train_step`.
+
+  `rows` is this shard's block of the epoch's (steps, batch) table of example indices; the
+  augmentation key of global step s is fold_in(data['aug_key'], s), so a resumed run replays it.
+  """
+  key = jax.random.fold_in(jax.random.wrap_key_data(data["aug_key"]), state.step)
+  batch = data_lib.shard_train_batch(data, rows[state.step % rows.shape[0]], key,
+                                     axis_name=axis_name, crop_padding=crop_padding, flip=flip)
+  return train_step(state, batch, model=model, tx=tx, axis_name=axis_name,
+                    label_smoothing=label_smoothing)
+
+
+def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, model,
+                      axis_name: str | None = None) -> dict:
+  """Per shard: `eval_step` on this shard's part of evaluation batch `index`."""
+  return eval_step(variables, data_lib.shard_eval_batch(data, rows[index]), model=model,
+                   axis_name=axis_name)
+
+
