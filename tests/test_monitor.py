@@ -38,6 +38,29 @@ def test_plain_stream_gets_log_lines_with_eta(caplog):
   assert line.startswith("[pretrain] epoch 2/3 step 2/4 loss 1.2500") and " eta 0:00:" in line
 
 
+def test_eta_counts_training_steps_only(caplog, monkeypatch):
+  """Compiling for 100 s before the first step, then 1 s a step: the ETA is the steps left at
+  1 s each, not 100 s a step; a resumed phase (starting at epoch 2 of 3) counts its own steps."""
+  clock = [0.0]
+  monkeypatch.setattr("tlflax.monitor.time.perf_counter", lambda: clock[0])
+  progress = Progress("scratch", epochs=3, steps_per_epoch=4, batch_size=8, log_every_steps=2,
+                      stream=io.StringIO())
+  with caplog.at_level(logging.INFO):
+    clock[0] = 100.0
+    progress.start_epoch(1)
+    clock[0] = 102.0
+    progress.update(2, 1.0)
+    assert caplog.records[-1].getMessage().endswith("eta 0:00:06")  # 2 + 4 steps left
+    clock[0] = 104.0
+    progress.update(4, 1.0)
+    progress.end_epoch(1.0)
+    clock[0] = 150.0  # evaluation and checkpoint
+    progress.start_epoch(2)
+    clock[0] = 154.0  # now 2 s a step
+    progress.update(2, 1.0)
+    assert caplog.records[-1].getMessage().endswith("eta 0:00:02")  # 2 steps x 8 s / 6 steps
+
+
 def test_metrics_round_trip(tmp_path):
   writer = MetricsWriter(str(tmp_path))
   writer.write({"epoch": 1, "step": 10, "test_accuracy": 0.5})

@@ -44,6 +44,9 @@ def transfer_config(**overrides) -> ml_collections.ConfigDict:
       "lr_mult": (),  # ((regex, factor), ...): first match scales that parameter's learning rate
       "layer_decay": 1.0,  # stage k below the head trains at lr * layer_decay**k
       "unfreeze": (),  # ((epoch, policy), ...): gradual unfreezing, e.g. ((2, 'stages:3'),)
+      # freeze='backbone' (frozen_bn='running'): train the head on the backbone's features,
+      # computed once (True), once per epoch from augmented images ('augmented'), or not (False).
+      "cache_features": True,
   }, type_safe=False)
   transfer.update(overrides)
   return transfer
@@ -116,8 +119,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _validate_transfer(config) -> None:
   """Checks the transfer block's shapes; regexes are checked against real parameter paths later."""
-  from tlflax import models, transfer
+  from tlflax import models, probe, transfer
   t = config.transfer
+  probe.check_mode(t.cache_features)
   stages = models.num_stages(config.model.name)
   if isinstance(t.freeze, str):
     transfer.freeze_patterns(t.freeze, stages)

@@ -65,7 +65,7 @@ class ResNet(nn.Module):
   conv_fn: Callable | None = None  # a jax.lax.conv_general_dilated drop-in (see conv.py)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, features_only: bool = False):
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init, padding="SAME",
         conv_general_dilated=self.conv_fn)
@@ -91,8 +91,18 @@ class ResNet(nn.Module):
         x = self.block_cls(self.width * 2**i, strides, conv, norm_at(f"{name}/"), name=name)(x)
       x = unit_done(x, i + 1)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-    return jnp.asarray(x, jnp.float32)
+    if features_only:  # what the head sees, for a cached linear probe (probe.py)
+      return jnp.asarray(x, jnp.float32)
+    return head_logits(self, None, x)
+
+
+def head_logits(model: ResNet, head_params, features: jax.Array) -> jax.Array:
+  """The head of `model` on pooled features, float32 logits. Inside the model (head_params None)
+  it is the `head` submodule; outside, it applies `head_params` exactly as the model would."""
+  head = nn.Dense(model.num_classes, dtype=model.dtype, name="head")
+  logits = head(features) if head_params is None else head.apply({"params": head_params},
+                                                                  features)
+  return jnp.asarray(logits, jnp.float32)
 
 
 def ResNet10(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:

@@ -63,8 +63,10 @@ class Progress:
     self.stream = stream or sys.stderr
     self.tty = self.stream.isatty() and not quiet
     self._bar = None
-    self._done_steps = 0  # over the whole phase, for the ETA
-    self._phase_t0 = time.perf_counter()
+    # The ETA counts time inside epochs only: compilation, evaluation and checkpoints are not
+    # training, and a resumed phase counts only the steps it has left.
+    self._timed_s = 0.0
+    self._timed_steps = 0
 
   def note(self, message: str) -> None:
     if self.quiet:
@@ -91,19 +93,21 @@ class Progress:
   def update(self, steps_done: int, mean_loss: float) -> None:
     now = time.perf_counter()
     img_s = steps_done * self.batch_size / max(now - self._epoch_t0, 1e-9)
-    self._done_steps += steps_done - self._last
     if self._bar is not None:
       self._bar.update(steps_done - self._last)
       self._bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{img_s:.0f}")
     else:
-      remaining = self.epochs * self.steps - self._done_steps
-      eta = remaining * (now - self._phase_t0) / max(self._done_steps, 1)
+      remaining = (self.epochs - self.epoch) * self.steps - steps_done
+      seconds_per_step = (self._timed_s + now - self._epoch_t0) / (self._timed_steps + steps_done)
+      eta = remaining * seconds_per_step
       logging.info("[%s] epoch %d/%d step %d/%d loss %.4f %.0f img/s eta %s", self.label,
                    self.epoch + 1, self.epochs, steps_done, self.steps, mean_loss, img_s,
                    _fmt_duration(eta))
     self._last = steps_done
 
   def end_epoch(self, train_loss: float) -> None:
+    self._timed_s += time.perf_counter() - self._epoch_t0
+    self._timed_steps += self.steps
     if self._bar is not None:
       self._bar.close()
       self._bar = None

@@ -5,6 +5,8 @@ The steps are pure functions written for one shard: every cross-device mean goes
 under `jax.shard_map` / `jax.pmap` (axis_name='data', see `parallel.py`) without change.
 """
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -147,3 +149,18 @@ def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, mo
                    axis_name=axis_name)
 
 
+
+
+def zero_metrics() -> dict:
+  """Sums of the train metrics before an epoch's first step."""
+  return {"loss": jnp.zeros((), jnp.float32), "accuracy": jnp.zeros((), jnp.float32)}
+
+
+def accumulating(step: Callable) -> Callable:
+  """`step(state, data, rows, **kw)` as `(state, sums, data, rows, **kw) -> (state, sums +
+  metrics)`: an epoch sums its metrics on the device, one dispatch a step."""
+  @functools.wraps(step)
+  def run(state, sums, data, rows, **kwargs):
+    state, metrics = step(state, data, rows, **kwargs)
+    return state, jax.tree.map(jnp.add, sums, metrics)
+  return run

@@ -19,7 +19,7 @@ import optax
 
 from tlflax import checkpoint as checkpoint_lib
 from tlflax import data as data_lib
-from tlflax import models, parallel, steps, transfer
+from tlflax import models, parallel, probe, steps, transfer
 from tlflax.errors import UserError, require
 from tlflax.monitor import MetricsWriter, Progress, read_metrics
 
@@ -141,7 +141,9 @@ class _Setup:
   policy: Any
   model: Any
   tx: Any
+  features: str | None = None  # cached-probe mode (probe.mode_for), None: steps on images
   step_fn: Callable | None = None
+  eval_fn: Callable | None = None
 
 
 def policy_setup(policy, phase, model_cfg, num_classes, params, transfer_cfg, steps_per_epoch,
@@ -243,8 +245,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
     train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(aug_key)))
 
     writer = MetricsWriter(run_dir) if main else None
-    eval_fn = placement.spmd(functools.partial(steps.eval_step_on_data, model=base_model), 4,
-                             split=(2,))
+    cache = probe.FeatureCache(placement, base_model, phase, train_data, test_data, eval_rows)
     compile_s = 0.0
     progress.note(f"{task.name}: {n_train} train / {len(task.test)} test examples, "
                   f"{task.num_classes} classes, {steps_per_epoch} steps/epoch of {batch_size} "
@@ -255,7 +256,6 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
       policy = transfer.policy_at(transfer_cfg, epoch)
       rows = placement.rows(data_lib.epoch_rows(order_key, epoch, n_train, batch_size))
       if setup is None or setup.step_fn is None or policy != setup.policy:
-        # Compile ahead of the epoch so img/s measures training, not compilation.
         t_compile = time.perf_counter()
         if setup is None:
           setup = new_setup(policy)
@@ -266,17 +266,20 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
           setup = new_setup(policy)
           state = state.replace(opt_state=carry_opt_state(
               state.opt_state, placement.jit_replicated(setup.tx.init)(state.params)))
-        setup.step_fn = placement.spmd(functools.partial(
-            steps.train_step_on_data, model=setup.model, tx=setup.tx,
-            label_smoothing=phase.label_smoothing, crop_padding=phase.crop_padding,
-            flip=phase.flip), 3, split=(2,), donate=(0,)).lower(state, train_data, rows).compile()
-        if not isinstance(eval_fn, jax.stages.Compiled):
-          eval_fn = eval_fn.lower(steps.eval_variables(state), test_data, eval_rows, 0).compile()
+        setup.features = probe.mode_for(transfer_cfg, policy)
+        if setup.features:
+          progress.note(f"cached linear probe ({setup.features} features): the head trains on "
+                        "the frozen backbone's features")
+        _compile_steps(setup, placement, phase, state, train_data, rows, cache, base_model)
         compile_s += time.perf_counter() - t_compile
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
 
       t_epoch = time.perf_counter()
-      state, sums = _train_epoch(setup.step_fn, state, train_data, rows, epoch, steps_per_epoch,
+      step_data = (cache.train(state, setup.features, rows, epoch * steps_per_epoch)
+                   if setup.features else train_data)
+      if setup.features == "fixed":  # computed once per run: counted in features_s, not here
+        t_epoch = time.perf_counter()
+      state, sums = _train_epoch(setup.step_fn, state, step_data, rows, epoch, steps_per_epoch,
                                  progress)
       epoch_s = time.perf_counter() - t_epoch
       train_s += epoch_s
@@ -288,7 +291,9 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
       if (epoch + 1) % eval_every_epochs == 0 or last:
         record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": train_loss,
                   "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
-                  **evaluate(eval_fn, state, test_data, eval_rows, eval_steps),
+                  **evaluate(setup.eval_fn, state,
+                             cache.test(state) if setup.features else test_data, eval_rows,
+                             eval_steps),
                   "learning_rate": float(schedule(int(state.step) - 1)),
                   "epoch_s": epoch_s, "img_per_s": steps_per_epoch * batch_size / epoch_s,
                   "wall_s": time.perf_counter() - t_start}
@@ -311,11 +316,34 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
              "test_examples": len(task.test), "params": count_params(state.params),
              **placement.describe(),
              "dtype": dtype,
-             "compile_s": compile_s, "train_s": train_s, "resumed_from_epoch": start_epoch,
+             "compile_s": compile_s, "train_s": train_s, "features_s": cache.seconds,
+             "resumed_from_epoch": start_epoch,
              "wall_s": time.perf_counter() - t_start,
              "mean": task.mean.tolist(), "std": task.std.tolist(),
              "final": history[-1] if history else None}
   return PhaseResult(state, base_model, history, summary)
+
+
+def _compile_steps(setup: _Setup, placement, phase, state, train_data, rows, cache, base_model
+                   ) -> None:
+  """Compiles the setup's train and eval steps ahead of the epoch, so img/s measures training,
+  not compilation: on images, or on cached features for a cached linear probe."""
+  if setup.features:
+    train_fn, eval_fn = probe.train_step, probe.eval_step
+    abstract = cache.compile(state, setup.features, rows)
+    step_data, eval_data = abstract["train"], abstract["test"]
+  else:
+    train_fn, eval_fn = functools.partial(steps.train_step_on_data,
+                                          crop_padding=phase.crop_padding, flip=phase.flip), \
+        steps.eval_step_on_data
+    step_data, eval_data = train_data, cache.test_data
+  setup.step_fn = placement.spmd(functools.partial(
+      steps.accumulating(train_fn), model=setup.model, tx=setup.tx,
+      label_smoothing=phase.label_smoothing), 4, split=(3,), donate=(0, 1)).lower(
+          state, steps.zero_metrics(), step_data, rows).compile()
+  setup.eval_fn = placement.spmd(functools.partial(eval_fn, model=base_model), 4,
+                                 split=(2,)).lower(steps.eval_variables(state), eval_data,
+                                                   cache.eval_rows, 0).compile()
 
 
 def _place_data(placement, task: data_lib.Task, eval_batch_size: int):
@@ -332,12 +360,15 @@ def _place_data(placement, task: data_lib.Task, eval_batch_size: int):
 
 def _train_epoch(step_fn, state, train_data, rows, epoch, steps_per_epoch, progress
                  ) -> tuple[steps.TrainState, dict]:
-  """One epoch of steps over the batches of `rows` (the step picks its batch from state.step)."""
-  sums = None
+  """One epoch of steps over the batches of `rows` (the step picks its batch from state.step).
+
+  One dispatch a step: the step adds its metrics to the sums it carries on the device, and the
+  host reads them only for a progress line and at the end of the epoch.
+  """
+  sums = steps.zero_metrics()
   progress.start_epoch(epoch)
   for i in range(steps_per_epoch):
-    state, metrics = step_fn(state, train_data, rows)
-    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+    state, sums = step_fn(state, sums, train_data, rows)
     if progress.wants_update(i):
       progress.update(i + 1, float(sums["loss"]) / (i + 1))
   return state, jax.device_get(sums)
