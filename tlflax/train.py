@@ -197,7 +197,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
 
   # --- Data on the devices: a full copy on each; each device builds its part of a batch -------
   root_key = jax.random.key(seed)
-  train_data, test_data, eval_rows, eval_steps = _place_data(placement, task,
+  train_data, test_data, eval_rows, eval_steps = place_data(placement, task,
                                                              phase.eval_batch_size)
 
   # --- Fresh state, or the latest checkpoint of this run ----------------------------------------
@@ -270,7 +270,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
         if setup.features:
           progress.note(f"cached linear probe ({setup.features} features): the head trains on "
                         "the frozen backbone's features")
-        _compile_steps(setup, placement, phase, state, train_data, rows, cache, base_model)
+        compile_steps(setup, placement, phase, state, train_data, rows, cache, base_model)
         compile_s += time.perf_counter() - t_compile
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
 
@@ -324,29 +324,38 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
   return PhaseResult(state, base_model, history, summary)
 
 
-def _compile_steps(setup: _Setup, placement, phase, state, train_data, rows, cache, base_model
-                   ) -> None:
-  """Compiles the setup's train and eval steps ahead of the epoch, so img/s measures training,
-  not compilation: on images, or on cached features for a cached linear probe."""
+def step_functions(setup: _Setup, placement, phase, base_model) -> tuple[Callable, Callable]:
+  """The setup's train step `(state, sums, data, rows)` and eval step `(variables, data, rows,
+  index)`, jitted over the placement's devices: on images, or on cached features for a cached
+  linear probe (`setup.features`)."""
   if setup.features:
     train_fn, eval_fn = probe.train_step, probe.eval_step
+  else:
+    train_fn = functools.partial(steps.train_step_on_data, crop_padding=phase.crop_padding,
+                                 flip=phase.flip)
+    eval_fn = steps.eval_step_on_data
+  train_fn = placement.spmd(functools.partial(
+      steps.accumulating(train_fn), model=setup.model, tx=setup.tx,
+      label_smoothing=phase.label_smoothing), 4, split=(3,), donate=(0, 1))
+  return train_fn, placement.spmd(functools.partial(eval_fn, model=base_model), 4, split=(2,))
+
+
+def compile_steps(setup: _Setup, placement, phase, state, train_data, rows, cache, base_model
+                  ) -> None:
+  """Compiles the setup's train and eval steps ahead of the epoch, so img/s measures training,
+  not compilation."""
+  train_fn, eval_fn = step_functions(setup, placement, phase, base_model)
+  if setup.features:
     abstract = cache.compile(state, setup.features, rows)
     step_data, eval_data = abstract["train"], abstract["test"]
   else:
-    train_fn, eval_fn = functools.partial(steps.train_step_on_data,
-                                          crop_padding=phase.crop_padding, flip=phase.flip), \
-        steps.eval_step_on_data
     step_data, eval_data = train_data, cache.test_data
-  setup.step_fn = placement.spmd(functools.partial(
-      steps.accumulating(train_fn), model=setup.model, tx=setup.tx,
-      label_smoothing=phase.label_smoothing), 4, split=(3,), donate=(0, 1)).lower(
-          state, steps.zero_metrics(), step_data, rows).compile()
-  setup.eval_fn = placement.spmd(functools.partial(eval_fn, model=base_model), 4,
-                                 split=(2,)).lower(steps.eval_variables(state), eval_data,
-                                                   cache.eval_rows, 0).compile()
+  setup.step_fn = train_fn.lower(state, steps.zero_metrics(), step_data, rows).compile()
+  setup.eval_fn = eval_fn.lower(steps.eval_variables(state), eval_data, cache.eval_rows,
+                                0).compile()
 
 
-def _place_data(placement, task: data_lib.Task, eval_batch_size: int):
+def place_data(placement, task: data_lib.Task, eval_batch_size: int):
   """The train and test splits replicated on every device, and the table of evaluation batches
   (the test split padded to whole batches of a multiple of the device count)."""
   train_data = placement.replicate(data_lib.device_data(task.train, task.mean, task.std))
