@@ -126,5 +126,7 @@ def test_cache_mode_follows_policy_and_bad_values_are_user_errors():
   assert probe.mode_for(cfg, "backbone") is None
   config = config_lib.base_config()
   config.transfer.cache_features = "yes"
-  with pytest.raises(UserError, match="cache_features must be True, False or 'augmented'"):
+  with pytest.raises(UserError, match="cache_features must be 'fixed', 'augmented' or 'off'"):
     config_lib.validate(config)
+  assert [probe.check_mode(v) for v in (True, "True", "fixed", "augmented", False, "off")] == [
+      "fixed", "fixed", "fixed", "augmented", None, None]

@@ -45,8 +45,9 @@ def transfer_config(**overrides) -> ml_collections.ConfigDict:
       "layer_decay": 1.0,  # stage k below the head trains at lr * layer_decay**k
       "unfreeze": (),  # ((epoch, policy), ...): gradual unfreezing, e.g. ((2, 'stages:3'),)
       # freeze='backbone' (frozen_bn='running'): train the head on the backbone's features,
-      # computed once (True), once per epoch from augmented images ('augmented'), or not (False).
-      "cache_features": True,
+      # computed once ('fixed', or True), once per epoch from augmented images ('augmented'),
+      # or not at all ('off', or False).
+      "cache_features": "fixed",
   }, type_safe=False)
   transfer.update(overrides)
   return transfer

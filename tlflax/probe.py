@@ -1,7 +1,7 @@
 """Cached linear probe: the frozen backbone's features computed once, only the head trained on them.
 
 With `freeze='backbone'` and `frozen_bn='running'` no backbone weight or BatchNorm statistic
-moves, so the pooled features the head sees depend only on the image. `cache_features=True`
+moves, so the pooled features the head sees depend only on the image. `cache_features='fixed'`
 computes them once per dataset (no augmentation) and trains the head on them: a step is one small
 matrix product instead of a ResNet forward pass. `cache_features='augmented'` recomputes the
 training features once per epoch from that epoch's augmented images, the same images, crops and
@@ -23,21 +23,27 @@ from tlflax import data as data_lib
 from tlflax import models, steps
 from tlflax.errors import UserError
 
+_MODES = {"fixed": "fixed", "true": "fixed", "augmented": "augmented", "off": None,
+          "false": None}
+
 
 def mode_for(transfer_cfg, policy) -> str | None:
   """'fixed', 'augmented', or None where the phase trains through the backbone as usual."""
-  value = transfer_cfg.get("cache_features", False) if transfer_cfg is not None else False
-  check_mode(value)
-  if not value or policy != "backbone" or transfer_cfg.frozen_bn != "running":
+  mode = check_mode(transfer_cfg.get("cache_features", "off") if transfer_cfg is not None
+                    else "off")
+  if mode is None or policy != "backbone" or transfer_cfg.frozen_bn != "running":
     return None
-  return "augmented" if value == "augmented" else "fixed"
+  return mode
 
 
-def check_mode(value) -> None:
-  """True, False or 'augmented', else a `UserError`."""
-  if value is not True and value is not False and value != "augmented":
-    raise UserError(f"config.transfer.cache_features must be True, False or 'augmented', got "
-                    f"{value!r}")
+def check_mode(value) -> str | None:
+  """The cache mode a config value stands for: 'fixed' (also True), 'augmented', or None ('off',
+  also False); anything else is a `UserError`."""
+  key = str(value).lower() if isinstance(value, (bool, str)) else None
+  if key not in _MODES:
+    raise UserError(f"config.transfer.cache_features must be 'fixed', 'augmented' or 'off' "
+                    f"(True / False also work), got {value!r}")
+  return _MODES[key]
 
 
 # ------------------------------------------------------------------------------------------------
