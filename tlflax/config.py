@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
       "keep": 2,  # the latest `keep` checkpoints ...
       "keep_best": True,  # ... and the best by test accuracy
       "every_epochs": 1,
+      "every_steps": 0,  # also a checkpoint every N global steps inside epochs (0: none)
       "async_save": True,
   })
   config.log_every_steps = 50
@@ -113,6 +114,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"config.{name}.grad_clip_norm must be >= 0, got {phase.grad_clip_norm}")
   if config.checkpoint.keep < 1 or config.checkpoint.every_epochs < 1:
     raise UserError("config.checkpoint.keep and config.checkpoint.every_epochs must be >= 1")
+  if config.checkpoint.every_steps < 0:
+    raise UserError(f"config.checkpoint.every_steps must be >= 0 (0: only at epoch ends), got "
+                    f"{config.checkpoint.every_steps}")
   _validate_transfer(config)
   if config.log_every_steps <= 0 or config.eval_every_epochs <= 0:
     raise UserError("config.log_every_steps and config.eval_every_epochs must be positive")

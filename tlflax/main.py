@@ -8,23 +8,25 @@ Modes:
             then the report                                     -> DIR/{scratch,transfer}/seed_N/
   report    redraw DIR/report/ from the metrics on disk
 Rerunning a command on the same workdir resumes interrupted runs and reuses finished ones.
-Every mistake a user can make ends in one line on stderr and exit code 2.
+Exit codes: 0 done; 2 a mistake the user can fix (one line on stderr, `--verbose` adds the
+traceback); 3 diverged (non-finite loss); 130 / 143 interrupted by SIGINT / SIGTERM after saving a
+checkpoint of the last step (rerun the same command to resume).
 
 Every device of the host trains (data parallel). For several hosts, start the same command on
 each: `--distributed` on a Cloud TPU VM or under SLURM, or `--coordinator=HOST:PORT
 --num_processes=N --process_id=I`; process 0 writes the metrics, summaries and report.
 """
 
-import json
 import logging as logging_std
 import os
 import pathlib
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tlflax.errors import UserError
+from tlflax.errors import DIVERGED, Stopped, UserError
 
 MODES = ("pretrain", "scratch", "transfer", "compare", "report")
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "cifar10_to_cifar100.py"
@@ -38,6 +40,7 @@ flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, to run as one of
                     "processes (with --num_processes and --process_id).")
 flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator).")
 flags.DEFINE_integer("process_id", -1, "This process's index, 0..N-1 (with --coordinator).")
+flags.DEFINE_bool("verbose", False, "On an error, show the full traceback too (for bug reports).")
 try:
   # Without --config, config_flags loads the default and applies --config.KEY overrides from
   # sys.argv right here, at definition; keep that error for _parse_flags to report in one line.
@@ -71,8 +74,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if "get_config" in str(e):
       _fail(f"config file {_config_path(argv)} defines no get_config(): "
             "pass a tlflax config file, e.g. --config=configs/smoke.py")
-    _fail(f"unknown config key {_first_line(e)} in a --config.KEY=VALUE override: "
-          "use a key that the config file defines")
+    message = _message(e)
+    hint = next((line.strip().rstrip("'") for line in message.splitlines()[1:] if "did you mean" in
+                 line.lower()), "")
+    _fail(f"unknown config key {_first_line(e)} in a --config.KEY=VALUE override"
+          f"{' (' + hint + ')' if hint else ''}: use a key that the config file defines")
   return []
 
 
@@ -81,15 +87,25 @@ def _config_path(argv: list[str]) -> str:
               str(DEFAULT_CONFIG))
 
 
+def _message(e: BaseException) -> str:
+  """An exception's text; a KeyError's str() is the repr of its message (escaped quotes and
+  newlines), which ml_collections passes on inside other errors too."""
+  text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+  return text.replace("\\n", "\n").replace("\\'", "'").strip()
+
+
 def _first_line(e: BaseException) -> str:
-  text = str(e).strip().strip("\"'")
-  return text.splitlines()[0] if text else type(e).__name__
+  text = _message(e)
+  line = text.splitlines()[0].strip() if text else type(e).__name__
+  return line.strip("\"'") if " " not in line else line  # a KeyError's quoted key
 
 
 class _OwnInfoOnly(logging_std.Filter):
   """INFO lines from tlflax only; other libraries (orbax, jax, tfds) still show warnings."""
 
   def filter(self, record) -> bool:
+    if str(record.msg).startswith("Requested `tracked_metric`"):
+      return False  # orbax, on a checkpoint saved inside an epoch (no test accuracy yet)
     return record.levelno >= logging_std.WARNING or f"{os.sep}tlflax{os.sep}" in record.pathname
 
 
@@ -102,83 +118,16 @@ def _setup_jax() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-# Which config blocks decide a run's result: a resumed or reused run must agree on them.
-_RELEVANT = {"pretrain": ("seed", "model", "source"), "scratch": ("seed", "model", "target"),
-             "transfer": ("seed", "model", "target", "transfer")}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, (list, tuple)) else v
-  return out
-
-
-def _open_run_dir(run_dir: str, mode: str, config) -> None:
-  """Creates the run folder and its config.json, or checks that an existing one agrees.
-
-  Every process checks (so all refuse together); process 0 alone writes; all meet afterwards.
-  """
-  from tlflax import parallel
-  path = os.path.join(run_dir, "config.json")
-  current = {"mode": mode, **config.to_dict()}
-  write = True
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    keys = ("mode",) + _RELEVANT[mode]
-    old = _flat(json.loads(json.dumps({k: saved.get(k) for k in keys}, default=str)))
-    new = _flat(json.loads(json.dumps({k: current.get(k) for k in keys}, default=str)))
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
-    if diff and any(e != "config.json" and not e.startswith("seed_")
-                    for e in os.listdir(run_dir)):
-      raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff[:4])}): "
-                      "use another --workdir, or move that folder away to start over")
-    # Same config: keep the file. Another config but nothing trained under it (e.g. its data
-    # failed to load): replace it.
-    write = bool(diff)
-  elif os.path.isdir(run_dir) and any(not e.startswith("seed_") for e in os.listdir(run_dir)):
-    raise UserError(f"{run_dir} holds files but no config.json, so it is not a tlflax run: "
-                    "choose another --workdir, or move that folder away")
-  if write and parallel.is_main_process():
-    try:
-      os.makedirs(run_dir, exist_ok=True)
-    except OSError as e:
-      raise UserError(f"cannot create run folder {run_dir} ({e.strerror}): choose a writable "
-                      "--workdir") from e
-    _write_json(path, current)
-  parallel.sync(f"opened {run_dir}")
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
-
-
-def _finished(run_dir: str) -> dict | None:
-  """The summary of a run that completed (summary.json is written last), else None."""
-  path = os.path.join(run_dir, "summary.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _source_variables(config, workdir: str, target_task, source: str | None, placement):
-  """The target's initial variables: the source checkpoint merged into a fresh init, on the
-  devices of `placement`."""
+def _source_variables(config, init: dict, target_task, placement) -> tuple[dict, dict]:
+  """The target's initial variables (the source checkpoint merged into a fresh init, on the
+  devices of `placement`) and `init` completed with the checkpoint and step they came from."""
   from tlflax import checkpoint, train, transfer
-  source = source or config.transfer.init_from or ensure_pretrained(config, workdir, placement)
-  restored, name = checkpoint.restore_variables(source, placement.replicated)
+  restored, name = checkpoint.restore_variables(config.transfer.init_from or init["run"],
+                                                placement.replicated)
   fresh = placement.replicate(train.init_variables(
       config.model, target_task.num_classes, target_task.train.images.shape[1:], config.seed))
-  return transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name)
+  merged = transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name)
+  return merged, {**init, "checkpoint": name, "step": int(name.rsplit("/", 1)[1])}
 
 
 def _load_task(phase, config):
@@ -192,44 +141,72 @@ def _load_task(phase, config):
 
 
 def ensure_pretrained(config, workdir: str, placement=None) -> str:
-  """DIR/pretrain, after pretraining there if no finished pretraining exists."""
+  """DIR/pretrain, after pretraining there if no finished pretraining exists. A finished one is
+  reused only if its config agrees with today's `seed`, `model` and `source`; else refused."""
+  from tlflax import rundir
   run_dir = os.path.join(workdir, "pretrain")
-  if _finished(run_dir) is None:
+  rundir.refuse_if_changed(run_dir, "pretrain", rundir.record_of("pretrain", config))
+  if rundir.finished(run_dir) is None:
     logging.info("no finished pretraining in %s: pretraining on %s first", run_dir,
                  config.source.dataset)
-    run_phase("pretrain", config, workdir, placement=placement)
+  run_phase("pretrain", config, workdir, placement=placement)
   return run_dir
 
 
 def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
-              source: str | None = None, placement=None) -> dict:
+              source: dict | None = None, placement=None) -> dict:
   """Runs (or resumes, or reuses) one training run and returns its summary.
 
-  `source` (transfer only) overrides config.transfer.init_from without entering config.json.
+  `source` (transfer only): the `rundir.source_identity` to start from, already trained (compare
+  passes it for every seed); by default it is derived from the config and `DIR/pretrain` is
+  trained first if needed. A start that fails before anything is trained leaves no folder.
   """
-  from tlflax import checkpoint, parallel, train
+  from tlflax import parallel, rundir
   placement = placement or parallel.Placement.create(config.parallel)
-  phase = config.source if mode == "pretrain" else config.target
   run_dir = run_dir or os.path.join(workdir, mode)
-  _open_run_dir(run_dir, mode, config)
-  done = _finished(run_dir)
+  init = None
+  if mode == "transfer":
+    init = source or rundir.source_identity(config, workdir)
+    if source is None and not config.transfer.init_from:  # a stale pretraining: refuse now
+      rundir.refuse_if_changed(os.path.join(workdir, "pretrain"), "pretrain",
+                               rundir.record_of("pretrain", config))
+  created = rundir.open_run(run_dir, mode, config, init)
+  try:
+    return _train_in(run_dir, mode, config, workdir, init, source is None, placement)
+  except BaseException:
+    rundir.discard_untrained(created)
+    raise
+
+
+def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -> dict:
+  """The body of `run_phase`, in a run folder that `rundir.open_run` accepted."""
+  from tlflax import checkpoint, parallel, rundir, train
+  done = rundir.finished(run_dir)
   if done is not None:
     logging.info("[%s] %s is complete (test_accuracy %.4f): reusing it; move it away to retrain",
                  mode, run_dir, done["final"]["test_accuracy"])
     return done
+  phase = config.source if mode == "pretrain" else config.target
   task = _load_task(phase, config)
   variables = None
-  resuming = bool(checkpoint.steps_in(os.path.join(run_dir, "checkpoints")))
-  if mode == "transfer" and not resuming:
-    variables = _source_variables(config, workdir, task, source, placement)
+  if mode == "transfer":
+    if checkpoint.steps_in(os.path.join(run_dir, "checkpoints")):
+      init = (rundir.read_json(os.path.join(run_dir, "config.json")) or {}).get("init", init)
+    else:
+      if pretrain_first and not config.transfer.init_from:
+        ensure_pretrained(config, workdir, placement)
+      variables, init = _source_variables(config, init, task, placement)
+      rundir.record_init(run_dir, init)
   result = train.fit(phase, config.model, task, run_dir, config.seed, placement=placement,
                      transfer_cfg=config.transfer if mode == "transfer" else None,
                      variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),
                      log_every_steps=config.log_every_steps,
                      eval_every_epochs=config.eval_every_epochs, label=mode)
   summary = {"mode": mode, "seed": config.seed, **result.summary}
+  if init is not None:
+    summary["init"] = init
   if parallel.is_main_process():
-    _write_json(os.path.join(run_dir, "summary.json"), summary)
+    rundir.write_json(os.path.join(run_dir, "summary.json"), summary)
   parallel.sync(f"finished {run_dir}")  # every process sees the run as finished from here on
   final = result.history[-1]
   logging.info("[%s] done in %.1fs: test_accuracy %.4f, test_loss %.4f; wrote %s", mode,
@@ -251,14 +228,17 @@ def _write_report(workdir: str) -> str:
 
 def run_compare(config, workdir: str, placement=None) -> str:
   """Experiments A (scratch) and B (transfer) for every seed, sharing one pretraining; report."""
-  pretrained = config.transfer.init_from or ensure_pretrained(config, workdir, placement)
+  from tlflax import rundir
+  source = rundir.source_identity(config, workdir)
+  if not config.transfer.init_from:
+    ensure_pretrained(config, workdir, placement)
   for seed in config.seeds:
     seeded = config.copy_and_resolve_references()
     with seeded.unlocked():
       seeded.seed = int(seed)
     for mode in ("scratch", "transfer"):
-      run_phase(mode, seeded, workdir, os.path.join(workdir, mode, f"seed_{seed}"), pretrained,
-                placement)
+      run_phase(mode, seeded, workdir, os.path.join(workdir, mode, f"seed_{seed}"),
+                source if mode == "transfer" else None, placement)
   return _write_report(workdir)
 
 
@@ -271,6 +251,10 @@ def run(mode: str, config, workdir: str):
   if mode == "report":
     return _write_report(workdir)
   config_lib.validate(config)
+  if mode in ("transfer", "compare"):
+    from tlflax import models, train, transfer
+    shapes = train.variable_shapes(config.model, 2, (config.target.image_size,) * 2 + (3,))
+    transfer.check_rules(config.transfer, shapes["params"], models.num_stages(config.model.name))
   placement = parallel.Placement.create(config.parallel)
   if mode == "compare":
     return run_compare(config, workdir, placement)
@@ -299,11 +283,22 @@ def main(argv: list[str]) -> None:
   _setup_jax()
   try:
     _start_devices()
+    from tlflax import parallel, preemption
+    preemption.install(parallel.describe()["processes"])
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
   except UserError as e:
+    if FLAGS.verbose:
+      traceback.print_exc()
     _fail(str(e))
+  except Stopped as e:
+    if FLAGS.verbose:
+      traceback.print_exc()
+    kind = "error: " if e.exit_code == DIVERGED else ""
+    print(f"tlflax: {kind}{e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
   except KeyboardInterrupt:
-    print("tlflax: interrupted", file=sys.stderr)
+    print("tlflax: interrupted (a second Ctrl-C: no checkpoint of the current step; rerun the "
+          "same command to resume from the last one)", file=sys.stderr)
     sys.exit(130)
 
 

@@ -106,6 +106,16 @@ def trainable_labels(params, policy, num_stages: int):
   return labels
 
 
+def check_rules(transfer_cfg, params, num_stages: int) -> None:
+  """Every rule of the transfer block against the model's real parameter paths (`params` may be
+  ShapeDtypeStructs), so a regex that does not compile or matches nothing is reported before
+  anything trains, not after a pretraining."""
+  for policy in [transfer_cfg.freeze] + [p for _, p in transfer_cfg.unfreeze]:
+    trainable_labels(params, policy, num_stages)
+  lr_multipliers(params, transfer_cfg.lr_mult, transfer_cfg.layer_decay, num_stages)
+  _compile_all(transfer_cfg.reinit, "config.transfer.reinit")
+
+
 def check_frozen_bn(mode: str) -> None:
   """'running' or 'adapt', else a `UserError`."""
   if mode not in ("running", "adapt"):

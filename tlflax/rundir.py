@@ -1,0 +1,207 @@
+"""Run folders: which config a folder belongs to, when it is reused, resumed or refused.
+
+A run folder `DIR/<mode>[/seed_N]` holds `config.json` (written when the run starts),
+`checkpoints/`, `metrics.jsonl`, TensorBoard events and, once finished, `summary.json`.
+Rules:
+- A folder whose recorded config disagrees with today's on what decides its result (`RELEVANT`)
+  is refused, unless nothing was trained in it yet.
+- A transfer run's result also depends on the run it starts from: its `config.json` records that
+  source (`init`: the source run, a hash of the source's config, the checkpoint and step), and a
+  source whose config changed is a changed config.
+- A folder that a failed start created and left without anything trained in it is removed.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+
+from tlflax import checkpoint, parallel
+from tlflax.errors import UserError
+
+# Which config blocks decide a run's result: a resumed or reused run must agree on them.
+RELEVANT = {"pretrain": ("seed", "model", "source"), "scratch": ("seed", "model", "target"),
+            "transfer": ("seed", "model", "target", "transfer", "init.config_sha256")}
+# Entries of a run folder that say nothing was trained in it.
+_UNTRAINED = {"config.json", "config.json.tmp"}
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+  """{'a.b.c': leaf} for a nested dict; sequences become lists so JSON round trips compare equal."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, (list, tuple)) else v
+  return out
+
+
+def _relevant(record: dict, mode: str) -> dict:
+  """The entries of a config record (config.json's content) that decide a `mode` run's result."""
+  everything = flat(json.loads(json.dumps(record, default=str)))
+  keys = ("mode",) + RELEVANT[mode]
+  return {k: v for k, v in everything.items() if any(k == p or k.startswith(p + ".") for p in keys)}
+
+
+def config_hash(record: dict, mode: str) -> str:
+  """sha256 of what decides a `mode` run's result, from its config record."""
+  blob = json.dumps(_relevant(record, mode), sort_keys=True).encode()
+  return hashlib.sha256(blob).hexdigest()
+
+
+def record_of(mode: str, config, init: dict | None = None) -> dict:
+  """What config.json holds for a `mode` run of `config`."""
+  out = {"mode": mode, **config.to_dict()}
+  if init is not None:
+    out["init"] = init
+  return out
+
+
+def write_json(path: str, obj) -> None:
+  """Writes `obj` as JSON through a temporary file, so a reader never sees half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def finished(run_dir: str) -> dict | None:
+  """The summary of a run that completed (summary.json is written last), else None."""
+  return read_json(os.path.join(run_dir, "summary.json"))
+
+
+def _differences(run_dir: str, mode: str, record: dict) -> list[str] | None:
+  """What differs between `record` and the run folder's config.json on what decides a `mode`
+  run's result (None: there is no config.json)."""
+  saved = read_json(os.path.join(run_dir, "config.json"))
+  if saved is None:
+    return None
+  old, new = _relevant(saved, mode), _relevant(record, mode)
+  return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)]
+
+
+def refuse_if_changed(run_dir: str, mode: str, record: dict) -> None:
+  """A `UserError` when `run_dir` holds a trained run whose config disagrees with `record`."""
+  diff = _differences(run_dir, mode, record)
+  if diff and not untrained(run_dir):
+    hint = (" (the run it starts from has another config)"
+            if any(d.startswith("init.") for d in diff) else "")
+    raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff[:4])}){hint}: "
+                    "use another --workdir, or move that folder away to start over")
+
+
+def open_run(run_dir: str, mode: str, config, init: dict | None = None) -> list[str]:
+  """Creates the run folder and its config.json, or checks that an existing one agrees.
+
+  Returns the folders this call created (for `discard_untrained`). Every process checks (so all
+  refuse together); process 0 alone writes; all meet afterwards.
+  """
+  current = record_of(mode, config, init)
+  refuse_if_changed(run_dir, mode, current)
+  diff = _differences(run_dir, mode, current)
+  if diff is None and os.path.isdir(run_dir) and any(
+      not e.startswith("seed_") for e in os.listdir(run_dir)):
+    raise UserError(f"{run_dir} holds files but no config.json, so it is not a tlflax run: "
+                    "choose another --workdir, or move that folder away")
+  # Same config: keep the file (it may record the source's checkpoint). Another config but
+  # nothing trained under it: replace it.
+  created = []
+  if diff != [] and parallel.is_main_process():
+    created = _missing_ancestors(run_dir)
+    try:
+      os.makedirs(run_dir, exist_ok=True)
+      write_json(os.path.join(run_dir, "config.json"), current)
+    except OSError as e:
+      raise UserError(f"cannot write run folder {run_dir} ({e.strerror}): choose a writable "
+                      "--workdir") from e
+  parallel.sync(f"opened {run_dir}")
+  return created
+
+
+def record_init(run_dir: str, init: dict) -> None:
+  """Completes the `init` entry of a transfer run's config.json (checkpoint and step used)."""
+  if parallel.is_main_process():
+    path = os.path.join(run_dir, "config.json")
+    record = read_json(path)
+    record["init"] = init
+    write_json(path, record)
+  parallel.sync(f"recorded the source of {run_dir}")
+
+
+def _missing_ancestors(run_dir: str) -> list[str]:
+  """`run_dir` and those of its parents that do not exist yet, deepest first."""
+  out, d = [], os.path.abspath(run_dir)
+  while not os.path.exists(d):
+    out.append(d)
+    d = os.path.dirname(d)
+  return out
+
+
+def untrained(run_dir: str) -> bool:
+  """True when a run folder holds nothing but its config (and empty or only-temporary
+  checkpoint folders): no step of training was ever recorded in it."""
+  for entry in os.listdir(run_dir):
+    full = os.path.join(run_dir, entry)
+    if entry.startswith("seed_") or entry in _UNTRAINED:
+      continue
+    if entry == "checkpoints" and os.path.isdir(full) and not checkpoint.steps_in(full):
+      continue
+    return False
+  return True
+
+
+def discard_untrained(created: list[str]) -> None:
+  """After a failed start: removes the folders `open_run` created, if nothing was trained there."""
+  if not created or not parallel.is_main_process():
+    return
+  run_dir = created[0]
+  if not os.path.isdir(run_dir) or not untrained(run_dir) or any(
+      e.startswith("seed_") for e in os.listdir(run_dir)):
+    return
+  shutil.rmtree(run_dir, ignore_errors=True)
+  for parent in created[1:]:
+    try:
+      os.rmdir(parent)  # only if empty
+    except OSError:
+      break
+
+
+# ------------------------------------------------------------------------------------------------
+# The source of a transfer run
+# ------------------------------------------------------------------------------------------------
+
+
+def source_identity(config, workdir: str) -> dict:
+  """Where a transfer run starts from, before any of it is trained: the source run folder and the
+  hash of the config that decides its weights.
+
+  With `transfer.init_from` empty the source is `DIR/pretrain`, trained (or reused) with today's
+  `source` block, so the hash comes from today's config. Otherwise it is read from the source
+  run's config.json (None for a checkpoint from elsewhere); a run folder named there must be
+  finished, a mid-training checkpoint must be named by its step folder.
+  """
+  if not config.transfer.init_from:
+    run = os.path.abspath(os.path.join(workdir, "pretrain"))
+    return {"run": run, "config_sha256": config_hash(record_of("pretrain", config), "pretrain")}
+  path = os.path.abspath(os.path.expanduser(config.transfer.init_from))
+  directory, step = checkpoint.locate(path)
+  run = os.path.dirname(directory) if os.path.basename(directory) == "checkpoints" else directory
+  named_step = os.path.basename(path).isdigit()
+  if not named_step and finished(run) is None:
+    raise UserError(f"config.transfer.init_from={config.transfer.init_from} is a run that has not "
+                    f"finished: finish it first, or name one of its checkpoints explicitly, e.g. "
+                    f"--config.transfer.init_from={directory}/{step}")
+  record = read_json(os.path.join(run, "config.json"))
+  digest = None
+  if record is not None and record.get("mode") in RELEVANT:
+    digest = config_hash(record, record["mode"])
+  return {"run": run, "config_sha256": digest}
