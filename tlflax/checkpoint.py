@@ -3,14 +3,27 @@
 Items: `params`, `batch_stats`, `opt_state` (arrays), and `step`, `rng`, `data_state` (JSON), so a
 transfer can restore params and batch_stats alone, and a resumed run restores everything.
 Restores always go into an abstract target carrying today's shardings.
+
+Faults: orbax writes each checkpoint into a temporary folder and renames it when complete, so a
+run killed during a save (even `kill -9`) leaves only a temporary folder, which is never loaded
+and is removed when the run resumes. A latest checkpoint that fails to restore (truncated,
+corrupt) is moved aside to `RUN_DIR/corrupt_checkpoints/` with a warning, and the previous one is
+used. A save that fails for lack of space ends the run with one line naming the folder; the
+checkpoints written before stay intact.
 """
 
+import contextlib
+import errno
 import os
+import re
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
+from tlflax import parallel
 from tlflax.errors import UserError
 
 ARRAY_ITEMS = ("params", "batch_stats", "opt_state")
@@ -39,9 +52,15 @@ class RunCheckpoints:
       policies.append(ocp.checkpoint_managers.BestN(
           get_metric_fn=lambda m: m["test_accuracy"], n=1, keep_checkpoints_without_metrics=False))
     self.directory = os.path.abspath(directory)
+    self._closed = False
+    # best_fn as well as the policy: orbax writes a checkpoint's metrics to disk only when
+    # best_fn is set, and without them a reopened manager (a resumed run) forgets which
+    # checkpoint was best and deletes it at the next save.
     self._mngr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, create=True), item_handlers=_handlers())
+        best_fn=(lambda m: m["test_accuracy"]) if keep_best else None, best_mode="max",
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True),
+        item_handlers=_handlers())
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -52,6 +71,10 @@ class RunCheckpoints:
   def save(self, state, rng_key, data_state: dict, metrics: dict | None = None) -> None:
     """Starts an async save of the whole train state at `state.step`."""
     step = int(state.step)
+    with self._writing(step):
+      self._save(step, state, rng_key, data_state, metrics)
+
+  def _save(self, step, state, rng_key, data_state, metrics) -> None:
     self._mngr.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         batch_stats=ocp.args.StandardSave(state.batch_stats),
@@ -59,6 +82,38 @@ class RunCheckpoints:
         step=ocp.args.JsonSave({"step": step}),
         rng=ocp.args.JsonSave({"key": np.asarray(jax.random.key_data(rng_key)).tolist()}),
         data_state=ocp.args.JsonSave(data_state)), metrics=metrics)
+
+  def restore_latest(self, make_target):
+    """(state, rng key, data_state, step) from the newest checkpoint that restores, or None
+    when there is none. `make_target(data_state)` gives the restore target (see `restore`).
+
+    A checkpoint that fails to restore is moved to `RUN_DIR/corrupt_checkpoints/<step>` with a
+    warning (kept for inspection, out of orbax's way) and the one before it is tried.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        data_state = self.data_state(step)
+        state, key, data_state = self.restore(step, make_target(data_state))
+        return state, key, data_state, step
+      except (UserError, KeyboardInterrupt):
+        raise
+      except Exception as e:  # noqa: BLE001 -- any failure to read means: not usable
+        self._set_aside(step, e)
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    logging.warning("checkpoint %s/%d cannot be restored (%s: %s): moved to %s; falling back to "
+                    "the previous checkpoint", self.directory, step, type(error).__name__, reason,
+                    aside)
+    if parallel.is_main_process():
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      if os.path.exists(aside):
+        shutil.rmtree(aside)
+      os.replace(os.path.join(self.directory, str(step)), aside)
+    parallel.sync(f"set aside checkpoint {step}")
+    self._mngr.reload()
 
   def restore(self, step: int, template):
     """(state, rng key, data_state) at `step`, restored into the structure and the shardings of
@@ -81,8 +136,31 @@ class RunCheckpoints:
 
   def close(self) -> None:
     """Waits for pending async saves, then releases the manager."""
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    if self._closed:
+      return
+    self._closed = True
+    with self._writing(None):
+      try:
+        self._mngr.wait_until_finished()
+      finally:
+        self._mngr.close()
+
+  @contextlib.contextmanager
+  def _writing(self, step: int | None):
+    """Turns a failed write (no space, quota, file too large, read-only) into one line naming the
+    folder; orbax reports tensorstore's I/O errors as ValueErrors carrying `os_error_code`."""
+    try:
+      yield
+    except Exception as e:  # filtered just below
+      code = e.errno if isinstance(e, OSError) else None
+      m = re.search(r"os_error_code='?(\d+)", str(e))
+      code = int(m.group(1)) if m else code
+      if code is None:
+        raise
+      what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+      raise UserError(f"cannot write {what} to {self.directory} ({os.strerror(code)}, "
+                      f"{errno.errorcode.get(code, code)}): free space there or choose another "
+                      "--workdir; the checkpoints written before are intact") from e
 
 
 def steps_in(directory: str) -> list[int]:
@@ -116,7 +194,11 @@ def restore_variables(path: str, sharding: jax.sharding.Sharding | None = None
   directory, step = locate(path)
   mngr = ocp.CheckpointManager(directory, item_handlers=_handlers())
   try:
-    meta = mngr.item_metadata(step)
+    try:
+      meta = mngr.item_metadata(step)
+    except Exception as e:  # unreadable metadata: not a usable checkpoint
+      raise UserError(f"cannot read checkpoint {directory}/{step} ({type(e).__name__}): point "
+                      "config.transfer.init_from at another checkpoint") from e
     device = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     args = {}
     for item in ("params", "batch_stats"):
@@ -126,7 +208,12 @@ def restore_variables(path: str, sharding: jax.sharding.Sharding | None = None
       abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                               meta[item])
       args[item] = ocp.args.StandardRestore(abstract)
-    out = mngr.restore(step, args=ocp.args.Composite(**args))
+    try:
+      out = mngr.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # truncated or corrupt array files
+      first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+      raise UserError(f"cannot read checkpoint {directory}/{step} ({type(e).__name__}: {first}): "
+                      "point config.transfer.init_from at another checkpoint") from e
   finally:
     mngr.close()
   return {"params": out["params"], "batch_stats": out["batch_stats"]}, f"{directory}/{step}"

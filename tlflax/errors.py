@@ -13,3 +13,16 @@ def require(condition: bool, message: str) -> None:
   """Raises `UserError(message)` unless `condition` holds."""
   if not condition:
     raise UserError(message)
+
+
+class Stopped(Exception):
+  """A run that stopped before its end on purpose, with what to tell the user and the exit code:
+  interrupted by a signal (130 for SIGINT, 143 for SIGTERM; a checkpoint of the last step is on
+  disk) or diverged (3; non-finite loss or gradients, no checkpoint of them saved)."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+DIVERGED = 3

@@ -1,5 +1,6 @@
 """What a run tells the user while it trains: metrics files, TensorBoard events, progress."""
 
+import glob
 import json
 import os
 import sys
@@ -12,33 +13,73 @@ _TB_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_
 
 
 class MetricsWriter:
-  """Appends one JSON object per evaluation to `metrics.jsonl` and mirrors it to TensorBoard."""
+  """Appends one JSON object per evaluation to `metrics.jsonl` and mirrors it to TensorBoard.
 
-  def __init__(self, run_dir: str):
+  `history` (a resumed run's records up to its checkpoint): TensorBoard's event files are written
+  afresh from it, so the scalars of epochs that were rolled back do not show twice.
+  """
+
+  def __init__(self, run_dir: str, history: list[dict] | None = None):
     from tensorboardX import SummaryWriter  # writes event files without TensorFlow
     os.makedirs(run_dir, exist_ok=True)
     self.path = os.path.join(run_dir, "metrics.jsonl")
+    if history is not None:
+      for old in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        os.remove(old)  # derived from metrics.jsonl, rewritten below
     self._tb = SummaryWriter(run_dir, flush_secs=30)
+    for record in history or ():
+      self._scalars(record)
 
   def write(self, record: dict) -> None:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    self._scalars(record)
+    self._tb.flush()
+
+  def _scalars(self, record: dict) -> None:
     for key in _TB_KEYS:
       if key in record:
         self._tb.add_scalar(key, record[key], record["step"])
-    self._tb.flush()
 
   def close(self) -> None:
     self._tb.close()
 
 
-def read_metrics(run_dir: str) -> list[dict]:
-  """The records of a run's `metrics.jsonl` (empty if there is none)."""
+def write_event(run_dir: str, event: dict) -> None:
+  """Appends an event (`{"event": "diverged", ...}`) to metrics.jsonl; readers of the per-epoch
+  records skip it."""
+  with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps(event) + "\n")
+
+
+def _read_lines(run_dir: str) -> list[dict]:
   path = os.path.join(run_dir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+  """The per-epoch records of a run's `metrics.jsonl` (empty if there is none)."""
+  return [r for r in _read_lines(run_dir) if "event" not in r]
+
+
+def read_events(run_dir: str) -> list[dict]:
+  """The events of a run's `metrics.jsonl` (divergence, interruption), oldest first."""
+  return [r for r in _read_lines(run_dir) if "event" in r]
+
+
+def truncate_metrics(run_dir: str, last_epoch: int) -> list[dict]:
+  """Drops the records after `last_epoch` (the part of a run that a resume rolls back), keeps
+  every event, and returns the records kept."""
+  lines = _read_lines(run_dir)
+  kept = [r for r in lines if "event" in r or r["epoch"] <= last_epoch]
+  path = os.path.join(run_dir, "metrics.jsonl")
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in kept)
+  os.replace(path + ".tmp", path)
+  return [r for r in kept if "event" not in r]
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -76,14 +117,16 @@ class Progress:
     else:
       logging.info("[%s] %s", self.label, message)
 
-  def start_epoch(self, epoch: int) -> None:
+  def start_epoch(self, epoch: int, first: int = 0) -> None:
+    """Epoch `epoch` (0-based) starts, or resumes after its first `first` steps."""
     self.epoch = epoch
-    self._last = 0
+    self._first = self._last = first
     self._epoch_t0 = time.perf_counter()
     if self.tty:
       from tqdm import tqdm
-      self._bar = tqdm(total=self.steps, desc=f"{self.label} epoch {epoch + 1}/{self.epochs}",
-                       unit="step", file=self.stream, leave=False, dynamic_ncols=True)
+      self._bar = tqdm(total=self.steps, initial=first, unit="step", file=self.stream,
+                       desc=f"{self.label} epoch {epoch + 1}/{self.epochs}", leave=False,
+                       dynamic_ncols=True)
 
   def wants_update(self, step_in_epoch: int) -> bool:
     if self.quiet:
@@ -92,13 +135,14 @@ class Progress:
 
   def update(self, steps_done: int, mean_loss: float) -> None:
     now = time.perf_counter()
-    img_s = steps_done * self.batch_size / max(now - self._epoch_t0, 1e-9)
+    img_s = (steps_done - self._first) * self.batch_size / max(now - self._epoch_t0, 1e-9)
     if self._bar is not None:
       self._bar.update(steps_done - self._last)
       self._bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{img_s:.0f}")
     else:
       remaining = (self.epochs - self.epoch) * self.steps - steps_done
-      seconds_per_step = (self._timed_s + now - self._epoch_t0) / (self._timed_steps + steps_done)
+      seconds_per_step = ((self._timed_s + now - self._epoch_t0)
+                          / max(self._timed_steps + steps_done - self._first, 1))
       eta = remaining * seconds_per_step
       logging.info("[%s] epoch %d/%d step %d/%d loss %.4f %.0f img/s eta %s", self.label,
                    self.epoch + 1, self.epochs, steps_done, self.steps, mean_loss, img_s,
@@ -107,7 +151,7 @@ class Progress:
 
   def end_epoch(self, train_loss: float) -> None:
     self._timed_s += time.perf_counter() - self._epoch_t0
-    self._timed_steps += self.steps
+    self._timed_steps += self.steps - self._first
     if self._bar is not None:
       self._bar.close()
       self._bar = None

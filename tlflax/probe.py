@@ -97,9 +97,9 @@ def train_step(state: steps.TrainState, data: dict, rows: jax.Array, *, model, t
   # Only the head's gradient crosses devices; the frozen rest is zero (the optimizer ignores it).
   grads = {**jax.tree.map(jnp.zeros_like, state.params),
            "head": steps.mean_over(head_grads, axis_name)}
-  state, metrics = steps.apply_gradients(state, grads, tx, None, batch_stats=state.batch_stats,
-                                         metrics=steps.train_metrics(loss, logits, labels))
-  return state, steps.mean_over(metrics, axis_name)
+  metrics = steps.mean_over(steps.train_metrics(loss, logits, labels), axis_name)
+  return steps.apply_gradients(state, grads, tx, None, batch_stats=state.batch_stats,
+                               metrics=metrics)
 
 
 def eval_step(variables: dict, data: dict, rows: jax.Array, index, *, model,

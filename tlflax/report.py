@@ -18,11 +18,23 @@ EXPERIMENTS = {"scratch": ("Experiment A: from scratch", "tab:red"),
                "transfer": ("Experiment B: transfer", "tab:blue")}
 
 
+def _seed(run_dir: str):
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("seed")
+
+
 def find_runs(workdir: str, experiment: str) -> list[str]:
-  """Run folders of one experiment that hold metrics: DIR/exp itself and DIR/exp/seed_*."""
+  """Run folders of one experiment that hold metrics: DIR/exp/seed_* (as compare writes them)
+  and DIR/exp itself (a single-mode run), unless a seed_* folder already holds its seed: each
+  seed counts once."""
   base = os.path.join(workdir, experiment)
-  candidates = [base] + sorted(glob.glob(os.path.join(base, "seed_*")))
-  return [d for d in candidates if read_metrics(d)]
+  seeded = [d for d in sorted(glob.glob(os.path.join(base, "seed_*"))) if read_metrics(d)]
+  seeds = {_seed(d) for d in seeded}
+  single = [base] if read_metrics(base) and _seed(base) not in seeds else []
+  return single + seeded
 
 
 def _load_summary(run_dir: str) -> dict:

@@ -97,7 +97,10 @@ def apply_gradients(state: TrainState, grads, tx, axis_name: str | None, *, batc
   params = optax.apply_updates(state.params, updates)
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state)
-  return new_state, mean_over(metrics, axis_name)
+  metrics = mean_over(metrics, axis_name)
+  # The same on every shard: the loss and the gradients are averaged over the axis already.
+  metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(grads))
+  return new_state, metrics
 
 
 def eval_step(variables: dict, batch: dict, *, model, axis_name: str | None = None) -> dict:
@@ -152,15 +155,22 @@ def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, mo
 
 
 def zero_metrics() -> dict:
-  """Sums of the train metrics before an epoch's first step."""
-  return {"loss": jnp.zeros((), jnp.float32), "accuracy": jnp.zeros((), jnp.float32)}
+  """Sums of the train metrics before an epoch's first step; `nonfinite_step` is the first global
+  step whose loss or gradients were not finite (-1: none yet)."""
+  return {"loss": jnp.zeros((), jnp.float32), "accuracy": jnp.zeros((), jnp.float32),
+          "nonfinite_step": jnp.full((), -1, jnp.int32)}
 
 
 def accumulating(step: Callable) -> Callable:
   """`step(state, data, rows, **kw)` as `(state, sums, data, rows, **kw) -> (state, sums +
-  metrics)`: an epoch sums its metrics on the device, one dispatch a step."""
+  metrics)`: an epoch sums its metrics on the device, one dispatch a step, and remembers the
+  first step that went non-finite (the host looks now and then, see `train._train_epoch`)."""
   @functools.wraps(step)
   def run(state, sums, data, rows, **kwargs):
-    state, metrics = step(state, data, rows, **kwargs)
-    return state, jax.tree.map(jnp.add, sums, metrics)
+    new_state, metrics = step(state, data, rows, **kwargs)
+    first = sums["nonfinite_step"]
+    bad = (first < 0) & ~metrics["finite"]
+    return new_state, {"loss": sums["loss"] + metrics["loss"],
+                       "accuracy": sums["accuracy"] + metrics["accuracy"],
+                       "nonfinite_step": jnp.where(bad, new_state.step, first)}
   return run

@@ -6,7 +6,6 @@ devices, in `parallel.py`.
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -19,8 +18,8 @@ import optax
 
 from tlflax import checkpoint as checkpoint_lib
 from tlflax import data as data_lib
-from tlflax import models, parallel, probe, steps, transfer
-from tlflax.errors import UserError, require
+from tlflax import models, monitor, parallel, preemption, probe, steps, transfer
+from tlflax.errors import DIVERGED, Stopped, UserError, require
 from tlflax.monitor import MetricsWriter, Progress, read_metrics
 
 # ------------------------------------------------------------------------------------------------
@@ -168,17 +167,32 @@ def policy_setup(policy, phase, model_cfg, num_classes, params, transfer_cfg, st
   return _Setup(policy, model, tx)
 
 
+@dataclasses.dataclass
+class _Position:
+  """Where a run stands: the state, and how far into `epoch` it is (for a resume or a stop)."""
+
+  state: Any
+  epoch: int = 0  # the epoch being trained (0-based); `step_in_epoch` of its steps are done
+  step_in_epoch: int = 0
+  sums: dict | None = None  # the epoch's metric sums so far (host floats), None at its start
+  seconds: dict = dataclasses.field(  # wall, train and compile time of earlier attempts
+      default_factory=lambda: {"wall_s": 0.0, "train_s": 0.0, "compile_s": 0.0})
+
+
 def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, placement=None,
         transfer_cfg=None, variables=None, checkpoint_cfg=None, log_every_steps: int = 50,
         eval_every_epochs: int = 1, label: str = "") -> PhaseResult:
   """Trains on `task` for `phase.epochs`, evaluating, checkpointing and writing metrics to
-  `run_dir`. A run folder that already holds checkpoints is resumed from the latest one and
-  continues exactly as if it had not stopped.
+  `run_dir`. A run folder that already holds checkpoints is resumed from the latest one that
+  restores, mid-epoch if that is where it stopped, and continues exactly as if it had not stopped.
 
   Order of initialisation: a checkpoint in `run_dir` (resume) wins; otherwise `variables` (e.g.
   restored and merged from a source model for transfer); otherwise a fresh init from `seed`.
   `placement` (default: every device, shard_map) decides where arrays live and how steps run;
   process 0 alone writes metrics and shows progress.
+
+  Stops early with `errors.Stopped`: after a SIGTERM/SIGINT (`preemption`), with a checkpoint of
+  the last step; or on non-finite loss or gradients, saving nothing of them.
   """
   t_start = time.perf_counter()
   placement = placement or parallel.Placement.create()
@@ -196,7 +210,6 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                       quiet=not main)
 
   # --- Data on the devices: a full copy on each; each device builds its part of a batch -------
-  root_key = jax.random.key(seed)
   train_data, test_data, eval_rows, eval_steps = place_data(placement, task,
                                                              phase.eval_batch_size)
 
@@ -207,9 +220,9 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                                         keep=checkpoint_cfg.get("keep", 2),
                                         keep_best=checkpoint_cfg.get("keep_best", True),
                                         async_save=checkpoint_cfg.get("async_save", True))
-  latest = ckpts.latest_step()
   image_shape = task.train.images.shape[1:]
-  if variables is None and latest is None:
+  resuming = bool(ckpts.all_steps())
+  if variables is None and not resuming:
     variables = placement.replicate(init_variables(model_cfg, task.num_classes, image_shape,
                                                    seed))
   # Rules read only paths and shapes, so a resumed run needs no init at all.
@@ -220,39 +233,61 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                                 transfer_cfg=transfer_cfg, steps_per_epoch=steps_per_epoch,
                                 note=progress.note)
   ckpt_every = checkpoint_cfg.get("every_epochs", 1)
+  ckpt_every_steps = checkpoint_cfg.get("every_steps", 0)
   writer = None
   try:
-    setup, start_epoch, history = None, 0, []
-    if latest is not None:
-      done = ckpts.data_state(latest)
-      if (done["steps_per_epoch"], done["train_examples"]) != (steps_per_epoch, n_train):
-        raise UserError(f"{run_dir} was checkpointed with {done['train_examples']} training "
-                        f"examples in {done['steps_per_epoch']} steps/epoch, not {n_train} in "
-                        f"{steps_per_epoch}: use another --workdir or restore that data config")
-      setup = new_setup(transfer.policy_at(transfer_cfg, done["epoch"] - 1))
-      target = placement.abstract(jax.eval_shape(
-          lambda: steps.create_train_state(setup.tx, shapes)))  # onto today's devices
-      state, root_key, done = ckpts.restore(latest, target)
-      start_epoch = done["epoch"]
-      history = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
+    setup, root_key, history = None, jax.random.key(seed), []
+    at = _Position(state=None)
+    restored = _restore(ckpts, run_dir, new_setup, shapes, placement, transfer_cfg,
+                        steps_per_epoch, n_train) if resuming else None
+    if restored is not None:
+      setup, root_key, at = restored
+      resumed_step = int(at.state.step)
+      history = [r for r in read_metrics(run_dir) if r["epoch"] <= at.epoch]
       if main:
-        _rewrite_metrics(run_dir, history)  # later records belonged to the lost part of the run
-      progress.note(f"resuming from {ckpts.directory}/{latest} (epoch {start_epoch}, "
-                    f"step {latest})")
-    elif main and read_metrics(run_dir):
-      _rewrite_metrics(run_dir, [])  # stopped before its first checkpoint: start over
+        monitor.truncate_metrics(run_dir, at.epoch)  # later records were rolled back
+      progress.note(f"resuming from {ckpts.directory}/{int(at.state.step)} (epoch "
+                    f"{at.epoch + 1}, step {at.step_in_epoch}/{steps_per_epoch} of it)")
+    else:
+      if resuming and transfer_cfg is not None:  # its start is the source's, not a fresh init
+        raise UserError(f"no checkpoint in {ckpts.directory} could be restored (moved to "
+                        "corrupt_checkpoints/): rerun the same command to start this transfer "
+                        "run over from its source")
+      if variables is None:
+        variables = placement.replicate(init_variables(model_cfg, task.num_classes,
+                                                       image_shape, seed))
+      if main and read_metrics(run_dir):
+        monitor.truncate_metrics(run_dir, 0)  # stopped before its first checkpoint: start over
+    state = at.state
     _, order_key, aug_key = jax.random.split(root_key, 3)
     train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(aug_key)))
 
-    writer = MetricsWriter(run_dir) if main else None
+    writer = MetricsWriter(run_dir, history if restored is not None else None) if main else None
     cache = probe.FeatureCache(placement, base_model, phase, train_data, test_data, eval_rows)
-    compile_s = 0.0
+    seconds = dict(at.seconds)
+
+    def elapsed() -> dict:
+      return {**seconds, "wall_s": seconds["wall_s"] + time.perf_counter() - t_start}
+
+    def save(epoch: int, step_in_epoch: int, sums, metrics=None) -> str:
+      """Checkpoints `state`: `epoch` (0-based) is the epoch being trained, `step_in_epoch` of
+      its steps are done (== steps_per_epoch: trained, not yet evaluated)."""
+      host = jax.device_get(sums)
+      if int(host["nonfinite_step"]) >= 0:
+        raise _NonFinite(int(host["nonfinite_step"]))  # never save a diverged state
+      ckpts.save(state, root_key, {
+          "epoch": epoch, "step_in_epoch": step_in_epoch,
+          "sums": {k: float(v) for k, v in host.items() if k != "nonfinite_step"},
+          "steps_per_epoch": steps_per_epoch, "train_examples": n_train,
+          "policy": repr(transfer.policy_at(transfer_cfg, _policy_epoch(epoch, step_in_epoch))),
+          **elapsed()}, metrics=metrics)
+      return f"{ckpts.directory}/{int(state.step)}"
+
     progress.note(f"{task.name}: {n_train} train / {len(task.test)} test examples, "
                   f"{task.num_classes} classes, {steps_per_epoch} steps/epoch of {batch_size} "
                   f"over {placement.num_devices} devices, {count_params(shapes['params']):,} "
                   f"params, {dtype} compute")
-    train_s = 0.0
-    for epoch in range(start_epoch, phase.epochs):
+    for epoch in range(at.epoch, phase.epochs):
       policy = transfer.policy_at(transfer_cfg, epoch)
       rows = placement.rows(data_lib.epoch_rows(order_key, epoch, n_train, batch_size))
       if setup is None or setup.step_fn is None or policy != setup.policy:
@@ -271,7 +306,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
           progress.note(f"cached linear probe ({setup.features} features): the head trains on "
                         "the frozen backbone's features")
         compile_steps(setup, placement, phase, state, train_data, rows, cache, base_model)
-        compile_s += time.perf_counter() - t_compile
+        seconds["compile_s"] += time.perf_counter() - t_compile
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
 
       t_epoch = time.perf_counter()
@@ -279,10 +314,23 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                    if setup.features else train_data)
       if setup.features == "fixed":  # computed once per run: counted in features_s, not here
         t_epoch = time.perf_counter()
-      state, sums = _train_epoch(setup.step_fn, state, step_data, rows, epoch, steps_per_epoch,
-                                 progress)
+      first = at.step_in_epoch if epoch == at.epoch else 0
+      sums = steps.zero_metrics() if first == 0 else _device_sums(at.sums)
+      try:
+        epoch_steps = _train_epoch(setup.step_fn, state, step_data, rows, epoch,
+                                   steps_per_epoch, progress, first, sums)
+        for state, sums, done in epoch_steps:
+          step = epoch * steps_per_epoch + done
+          if preemption.should_stop(step):
+            seconds["train_s"] += time.perf_counter() - t_epoch
+            _stopped(run_dir, save(epoch, done, sums), step, epoch, done, steps_per_epoch, ckpts)
+          if ckpt_every_steps and step % ckpt_every_steps == 0 and done < steps_per_epoch:
+            save(epoch, done, sums)
+      except _NonFinite as e:
+        _diverged(run_dir, e.step, epoch, ckpts)
+      sums = jax.device_get(sums)
       epoch_s = time.perf_counter() - t_epoch
-      train_s += epoch_s
+      seconds["train_s"] += epoch_s
       train_loss = float(sums["loss"]) / steps_per_epoch
       progress.end_epoch(train_loss)
 
@@ -295,8 +343,9 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                              cache.test(state) if setup.features else test_data, eval_rows,
                              eval_steps),
                   "learning_rate": float(schedule(int(state.step) - 1)),
-                  "epoch_s": epoch_s, "img_per_s": steps_per_epoch * batch_size / epoch_s,
-                  "wall_s": time.perf_counter() - t_start}
+                  "epoch_s": epoch_s,
+                  "img_per_s": (steps_per_epoch - first) * batch_size / epoch_s,
+                  "wall_s": elapsed()["wall_s"]}
         if writer is not None:
           writer.write(record)
         history.append(record)
@@ -304,10 +353,8 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                       f"{record['test_loss']:.4f} test_acc {record['test_accuracy']:.4f} "
                       f"top5 {record['test_top5']:.4f} ({record['img_per_s']:.0f} img/s)")
       if (epoch + 1) % ckpt_every == 0 or last:
-        ckpts.save(state, root_key, {
-            "epoch": epoch + 1, "steps_per_epoch": steps_per_epoch, "train_examples": n_train,
-            "policy": repr(policy)},
-            metrics={"test_accuracy": record["test_accuracy"]} if record else None)
+        save(epoch + 1, 0, steps.zero_metrics(),
+             metrics={"test_accuracy": record["test_accuracy"]} if record else None)
   finally:
     ckpts.close()
     if writer is not None:
@@ -316,12 +363,82 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
              "test_examples": len(task.test), "params": count_params(state.params),
              **placement.describe(),
              "dtype": dtype,
-             "compile_s": compile_s, "train_s": train_s, "features_s": cache.seconds,
-             "resumed_from_epoch": start_epoch,
-             "wall_s": time.perf_counter() - t_start,
+             **elapsed(), "features_s": cache.seconds,
+             "resumed_from_epoch": at.epoch if restored is not None else 0,
+             "resumed_from_step": resumed_step if restored is not None else 0,
              "mean": task.mean.tolist(), "std": task.std.tolist(),
              "final": history[-1] if history else None}
   return PhaseResult(state, base_model, history, summary)
+
+
+def _restore(ckpts, run_dir, new_setup, shapes, placement, transfer_cfg, steps_per_epoch,
+             n_train):
+  """(setup, root key, `_Position`) from the newest checkpoint that restores, or None."""
+  made = {}
+
+  def target(done: dict):
+    if (done["steps_per_epoch"], done["train_examples"]) != (steps_per_epoch, n_train):
+      raise UserError(f"{run_dir} was checkpointed with {done['train_examples']} training "
+                      f"examples in {done['steps_per_epoch']} steps/epoch, not {n_train} in "
+                      f"{steps_per_epoch}: use another --workdir or restore that data config")
+    epoch, step_in_epoch = done["epoch"], done.get("step_in_epoch", 0)
+    made["setup"] = new_setup(transfer.policy_at(transfer_cfg,
+                                                 _policy_epoch(epoch, step_in_epoch)))
+    return placement.abstract(jax.eval_shape(
+        lambda: steps.create_train_state(made["setup"].tx, shapes)))  # onto today's devices
+
+  out = ckpts.restore_latest(target)
+  if out is None:
+    return None
+  state, root_key, done, _ = out
+  epoch, step_in_epoch = done["epoch"], done.get("step_in_epoch", 0)
+  seconds = {k: float(done.get(k, 0.0)) for k in ("wall_s", "train_s", "compile_s")}
+  return made["setup"], root_key, _Position(state, epoch, step_in_epoch, done.get("sums"),
+                                            seconds)
+
+
+def _policy_epoch(epoch: int, step_in_epoch: int) -> int:
+  """The epoch whose freeze policy shaped a checkpoint's optimizer state: a checkpoint at an
+  epoch's end says (next epoch, 0) but carries the state of the epoch before."""
+  return epoch if step_in_epoch > 0 else epoch - 1
+
+
+def _device_sums(host: dict) -> dict:
+  """An epoch's metric sums so far, restored from a checkpoint, as the step carries them."""
+  zero = steps.zero_metrics()
+  return {k: jnp.asarray(host.get(k, zero[k]), zero[k].dtype) if k != "nonfinite_step"
+          else zero[k] for k in zero}
+
+
+class _NonFinite(Exception):
+  def __init__(self, step: int):
+    super().__init__(step)
+    self.step = step
+
+
+def _stopped(run_dir, checkpoint_path, step, epoch, done, steps_per_epoch, ckpts) -> None:
+  """After a SIGTERM/SIGINT: the checkpoint of `step` is saving; waits for it and stops."""
+  ckpts.close()
+  if parallel.is_main_process():
+    monitor.write_event(run_dir, {"event": "interrupted", "signal": preemption.signal_name(),
+                                  "step": step, "epoch": epoch + 1, "step_in_epoch": done})
+  raise Stopped(f"interrupted by {preemption.signal_name()} after step {step} (epoch {epoch + 1}, "
+                f"step {done}/{steps_per_epoch}); saved {checkpoint_path}: rerun the same "
+                "command to resume", preemption.exit_code())
+
+
+def _diverged(run_dir, step, epoch, ckpts) -> None:
+  """Non-finite loss or gradients at `step`: records the event and stops, saving nothing."""
+  ckpts.close()  # pending saves are of earlier, finite steps
+  good = ckpts.all_steps()
+  last = f"{ckpts.directory}/{good[-1]}" if good else "none"
+  if parallel.is_main_process():
+    monitor.write_event(run_dir, {"event": "diverged", "step": step, "epoch": epoch + 1,
+                                  "last_checkpoint": last})
+  raise Stopped(f"diverged: non-finite loss or gradients at step {step} (epoch {epoch + 1}); "
+                f"last good checkpoint: {last}; nothing after it was saved: lower learning_rate "
+                f"(or set grad_clip_norm) and start in another --workdir, or move {run_dir} "
+                "away", DIVERGED)
 
 
 def step_functions(setup: _Setup, placement, phase, base_model) -> tuple[Callable, Callable]:
@@ -367,27 +484,26 @@ def place_data(placement, task: data_lib.Task, eval_batch_size: int):
   return train_data, test_data, eval_rows, eval_steps
 
 
-def _train_epoch(step_fn, state, train_data, rows, epoch, steps_per_epoch, progress
-                 ) -> tuple[steps.TrainState, dict]:
-  """One epoch of steps over the batches of `rows` (the step picks its batch from state.step).
+def _train_epoch(step_fn, state, train_data, rows, epoch, steps_per_epoch, progress, first=0,
+                 sums=None):
+  """Steps `first`..`steps_per_epoch - 1` of one epoch over the batches of `rows` (the step picks
+  its batch from state.step); yields (state, sums, steps of the epoch done) after every step.
 
-  One dispatch a step: the step adds its metrics to the sums it carries on the device, and the
-  host reads them only for a progress line and at the end of the epoch.
+  One dispatch a step: the step adds its metrics to the sums it carries on the device. The host
+  reads them every `log_every_steps` and at the epoch's end, for the progress line and to stop
+  (`_NonFinite`) within the epoch once a loss or gradient was not finite.
   """
-  sums = steps.zero_metrics()
-  progress.start_epoch(epoch)
-  for i in range(steps_per_epoch):
+  sums = steps.zero_metrics() if sums is None else sums
+  progress.start_epoch(epoch, first)
+  for i in range(first, steps_per_epoch):
     state, sums = step_fn(state, sums, train_data, rows)
-    if progress.wants_update(i):
-      progress.update(i + 1, float(sums["loss"]) / (i + 1))
-  return state, jax.device_get(sums)
-
-
-def _rewrite_metrics(run_dir: str, records: list[dict]) -> None:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
-  os.replace(path + ".tmp", path)
+    if (i + 1) % progress.every == 0 or i + 1 == steps_per_epoch:
+      host = jax.device_get(sums)
+      if int(host["nonfinite_step"]) >= 0:
+        raise _NonFinite(int(host["nonfinite_step"]))
+      if progress.wants_update(i):
+        progress.update(i + 1, float(host["loss"]) / (i + 1))
+    yield state, sums, i + 1
 
 
 def count_params(params) -> int:
