@@ -85,8 +85,10 @@ def test_checkpoints_keep_the_latest_and_the_best(whole):
   assert set(steps) == {9, best_epoch * 3}
   state, key, data_state = ckpts.restore(9, result.state)
   ckpts.close()
-  assert data_state == {"epoch": 3, "steps_per_epoch": 3, "train_examples": 96,
-                        "policy": "'none'"}
+  times = {k: data_state.pop(k) for k in ("wall_s", "train_s", "compile_s")}
+  assert data_state == {"epoch": 3, "step_in_epoch": 0, "sums": {"loss": 0.0, "accuracy": 0.0},
+                        "steps_per_epoch": 3, "train_examples": 96, "policy": "'none'"}
+  assert 0 < times["train_s"] < times["wall_s"] and times["compile_s"] > 0
   assert _tree_equal(state.params, result.state.params)
   assert np.array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(0)))
   items = sorted(os.listdir(run_dir / "checkpoints" / "9"))
@@ -100,3 +102,99 @@ def test_resume_with_other_data_is_refused(whole):
   from tlflax.errors import UserError
   with pytest.raises(UserError, match="was checkpointed with 96 training examples"):
     _fit(other, run_dir)
+
+
+@pytest.mark.parametrize("stop_at", [3, 7])
+def test_a_stop_request_saves_mid_epoch_and_the_resume_is_exact(task, whole, tmp_path,
+                                                                monkeypatch, stop_at):
+  """Step 3 ends epoch 1 (trained, not yet evaluated); step 7 is inside epoch 3, after the
+  unfreeze changed the optimizer's layout."""
+  from tlflax import preemption
+  from tlflax.errors import Stopped
+  _, whole = whole
+  monkeypatch.setattr(preemption, "should_stop", lambda step: step == stop_at)
+  with pytest.raises(Stopped) as stopped:
+    _fit(task, tmp_path / "cut")
+  assert stopped.value.exit_code == 143
+  assert f"after step {stop_at} " in str(stopped.value)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "cut" / "checkpoints"))
+  assert ckpts.latest_step() == stop_at
+  position = ckpts.data_state(stop_at)
+  ckpts.close()
+  assert (position["epoch"], position["step_in_epoch"]) == ((stop_at - 1) // 3,
+                                                           (stop_at - 1) % 3 + 1)
+  monkeypatch.undo()
+  resumed = _fit(task, tmp_path / "cut")
+  assert resumed.summary["resumed_from_step"] == stop_at
+  assert _tree_equal(resumed.state, whole.state)
+  assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+  assert [r["test_loss"] for r in resumed.history] == [r["test_loss"] for r in whole.history]
+
+
+def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, tmp_path,
+                                                                 monkeypatch):
+  _, whole = whole
+
+  def fit(run_dir):
+    return train.fit(PHASE, MODEL, task, str(run_dir), 0, transfer_cfg=TRANSFER,
+                     checkpoint_cfg={**CKPT, "every_epochs": 2}, eval_every_epochs=2,
+                     log_every_steps=1)
+
+  real_evaluate = train.evaluate
+  calls = []
+
+  def evaluate_then_die(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the last epoch's evaluation: epoch 3 was never checkpointed
+      raise Interrupt
+    return real_evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(train, "evaluate", evaluate_then_die)
+  with pytest.raises(Interrupt):
+    fit(tmp_path / "cut")
+  monkeypatch.undo()
+  assert checkpoint.steps_in(str(tmp_path / "cut" / "checkpoints")) == [6]
+  resumed = fit(tmp_path / "cut")
+  assert resumed.summary["resumed_from_epoch"] == 2
+  assert [r["epoch"] for r in resumed.history] == [2, 3]
+  assert [r["test_loss"] for r in resumed.history] == [r["test_loss"] for r in whole.history[1:]]
+  assert _tree_equal(resumed.state, whole.state)
+  # keep=1 and keep_best: the last checkpoint and the better of the two evaluated ones.
+  kept = checkpoint.steps_in(str(tmp_path / "cut" / "checkpoints"))
+  acc2, acc3 = whole.history[1]["test_accuracy"], whole.history[2]["test_accuracy"]
+  assert kept == ([6, 9] if acc2 > acc3 else [9] if acc3 > acc2 else kept)
+  assert 9 in kept and set(kept) <= {6, 9}
+
+
+def test_a_failed_write_is_one_line_naming_the_folder_and_earlier_checkpoints_survive(
+    task, tmp_path, monkeypatch):
+  """A full disk, simulated by a file-size limit (Python ignores SIGXFSZ, so writes past it fail
+  with EFBIG as they would with ENOSPC)."""
+  import resource
+
+  from tlflax.errors import UserError
+  real_save = checkpoint.RunCheckpoints.save
+  limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+  def save_on_a_full_disk(self, state, *args, **kwargs):
+    if int(state.step) == 6:
+      self._mngr.wait_until_finished()  # step 3's async save completes on a disk with room
+      resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+    return real_save(self, state, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.RunCheckpoints, "save", save_on_a_full_disk)
+  try:
+    with pytest.raises(UserError) as failed:
+      _fit(task, tmp_path / "full")
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+  message = str(failed.value)
+  assert f"to {tmp_path / 'full' / 'checkpoints'} (File too large" in message
+  assert "free space there" in message and "\n" not in message
+  assert checkpoint.steps_in(str(tmp_path / "full" / "checkpoints")) == [3]
+  monkeypatch.undo()
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "full" / "checkpoints"))
+  assert ckpts.data_state(3)["epoch"] == 1
+  ckpts.close()
+  variables, name = checkpoint.restore_variables(str(tmp_path / "full"))
+  assert name.endswith("/checkpoints/3") and jax.tree.leaves(variables["params"])

@@ -162,3 +162,57 @@ def test_load_task_synthetic_normalises_with_train_statistics():
   norm = (task.train.images / 255.0 - task.mean) / task.std
   np.testing.assert_allclose(norm.reshape(-1, 3).mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(norm.reshape(-1, 3).std(0), 1, atol=1e-4)
+
+
+def test_batches_follow_the_epoch_permutation_and_each_step_augments_anew(monkeypatch):
+  """What the train step sees at global step s: batch s % S of that epoch's permutation,
+  augmented with fold_in(aug_key, s); a run resumed at any step sees the same."""
+  import functools
+
+  import jax.numpy as jnp
+
+  from tlflax import steps
+
+  def capture(state, batch, **kw):  # stands in for the model's step: returns its batch
+    del kw
+    return state.replace(step=state.step + 1), batch
+
+  monkeypatch.setattr(steps, "train_step", capture)
+  n, bs = 40, 8
+  labels = np.arange(n, dtype=np.int32)  # label = example index: shows which rows came
+  images = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+  split = data.Split(images, labels)
+  on_device = data.device_data(split, np.zeros(3), np.ones(3))
+  on_device["aug_key"] = np.asarray(jax.random.key_data(jax.random.key(7)))
+  step_fn = jax.jit(functools.partial(steps.train_step_on_data, model=None, tx=None,
+                                      crop_padding=2, flip=True))
+  order_key = jax.random.key(3)
+  per_epoch = n // bs
+
+  def batch_at(step):
+    rows = data.epoch_rows(order_key, step // per_epoch, n, bs)
+    state = steps.TrainState(step=jnp.asarray(step, jnp.int32), params={}, batch_stats={},
+                             opt_state={})
+    _, batch = step_fn(state, on_device, jnp.asarray(rows))
+    return rows, jax.device_get(batch)
+
+  seen = {}
+  for step in range(2 * per_epoch):
+    rows, batch = batch_at(step)
+    np.testing.assert_array_equal(batch["label"], rows[step % per_epoch])
+    seen[step] = batch
+  epoch0 = np.concatenate([seen[s]["label"] for s in range(per_epoch)])
+  epoch1 = np.concatenate([seen[s]["label"] for s in range(per_epoch, 2 * per_epoch)])
+  assert sorted(epoch0) == sorted(epoch1) == list(range(n))  # every example once an epoch
+  assert not np.array_equal(epoch0, epoch1)  # in another order
+  # The same example in two epochs is augmented with different keys.
+  first = {int(x): seen[s]["image"][i] for s in range(per_epoch)
+           for i, x in enumerate(seen[s]["label"])}
+  second = {int(x): seen[s]["image"][i] for s in range(per_epoch, 2 * per_epoch)
+            for i, x in enumerate(seen[s]["label"])}
+  differ = sum(not np.array_equal(first[k], second[k]) for k in range(n))
+  assert differ > n // 2
+  # A resume at step 7 rebuilds exactly the batch the uninterrupted run saw there.
+  _, again = batch_at(7)
+  np.testing.assert_array_equal(again["image"], seen[7]["image"])
+  np.testing.assert_array_equal(again["label"], seen[7]["label"])

@@ -101,6 +101,7 @@ def test_compare_writes_the_report_and_reruns_reuse_finished_runs(tmp_path):
 def test_transfer_mode_pretrains_first_and_honours_freeze(tmp_path):
   args = ["--mode=transfer", "--config=configs/smoke.py", f"--workdir={tmp_path}",
           "--config.source.epochs=1", "--config.target.epochs=1",
+          "--config.source.train_split=train[:512]", "--config.target.train_split=train[:512]",
           "--config.transfer.freeze=stages:3"]
   result = run_cli(args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -109,6 +110,22 @@ def test_transfer_mode_pretrains_first_and_honours_freeze(tmp_path):
   assert json.loads((tmp_path / "transfer" / "config.json").read_text())["transfer"]["freeze"] == "stages:3"
   other = run_cli(args[:-1] + ["--config.transfer.freeze=backbone"], tmp_path)
   assert other.returncode == 2 and "holds a run with another config (transfer.freeze" in other.stderr
+  # The transfer run records where it started: the pretraining, its config's hash, the step.
+  from tlflax import rundir
+  init = json.loads((tmp_path / "transfer" / "config.json").read_text())["init"]
+  pre = json.loads((tmp_path / "pretrain" / "config.json").read_text())
+  assert init["run"] == str(tmp_path / "pretrain") and init["step"] == 512 // 64
+  assert init["checkpoint"] == f"{tmp_path}/pretrain/checkpoints/{init['step']}"
+  assert init["config_sha256"] == rundir.config_hash(pre, "pretrain")
+  assert json.loads((tmp_path / "transfer" / "summary.json").read_text())["init"] == init
+  # A pretraining of another source config is never reused: refused before anything runs.
+  before = sorted(str(p) for p in tmp_path.rglob("*"))
+  stale = run_cli(args[:-1] + ["--config.source.epochs=3", "--config.source.learning_rate=0.2",
+                               "--config.transfer.freeze=stages:3"], tmp_path)
+  assert stale.returncode == 2
+  assert f"{tmp_path}/pretrain holds a run with another config (source.epochs: 1 -> 3; " \
+         "source.learning_rate: 0.05 -> 0.2)" in stale.stderr
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -124,6 +141,8 @@ def test_transfer_mode_pretrains_first_and_honours_freeze(tmp_path):
     (["--mode=transfer", "--config.transfer.freeze=stages:9"], "unknown freeze policy 'stages:9'"),
     (["--mode=transfer", "--config.transfer.init_from=/nonexistent"], "holds no tlflax checkpoint"),
     (["--mode=report"], "holds no scratch or transfer runs"),
+    (["--bogus=1"], "Unknown command line flag 'bogus'"),
+    (["--mode=transfer", "--config.transfer.init_from=tests"], "tests holds no tlflax checkpoint"),
 ])
 def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, args, expected):
   _assert_one_line_error(tmp_path, args, expected)
@@ -153,11 +172,67 @@ def _assert_one_line_error(tmp_path, args, expected, env=None):
   assert "Traceback" not in result.stderr
 
 
-def test_a_run_that_never_trained_accepts_a_new_config(tmp_path):
-  base = ["--mode=scratch", "--config=configs/smoke.py", f"--workdir={tmp_path}"]
+def test_a_failed_start_leaves_no_folder_and_a_new_config_then_runs(tmp_path):
+  from test_faults import ARGS  # the same tiny run, so its compilations are shared
+  base = ARGS + [f"--workdir={tmp_path}"]
   failed = run_cli(base + ["--config.target.dataset=no_such_dataset"], tmp_path)
-  assert failed.returncode == 2 and (tmp_path / "scratch" / "config.json").exists()
-  fixed = run_cli(base + ["--config.target.epochs=1"], tmp_path)
+  assert failed.returncode == 2 and not (tmp_path / "scratch").exists()
+  fixed = run_cli(base + ["--verbose"], tmp_path)
   assert fixed.returncode == 0, fixed.stderr[-2000:]
   saved = json.loads((tmp_path / "scratch" / "config.json").read_text())
-  assert saved["target"]["dataset"] == "synthetic100" and saved["target"]["epochs"] == 1
+  assert saved["target"]["dataset"] == "synthetic100" and saved["target"]["epochs"] == 2
+  # --verbose adds the traceback to the one line.
+  again = run_cli(base + ["--config.target.epochs=3", "--verbose"], tmp_path)
+  assert again.returncode == 2 and "Traceback" in again.stderr
+  assert again.stderr.strip().splitlines()[-1].startswith("tlflax: error: ")
+
+
+def _smoke(**overrides):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("smoke", "configs/smoke.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    with node.unlocked():
+      node[leaf] = value
+  return config
+
+
+def _tree(root):
+  return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() else None)
+                for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("mode,overrides,expected", [
+    ("transfer", {"transfer.freeze": ("[",)}, r"'\[' is not a valid regex"),
+    ("transfer", {"transfer.freeze": ("^nothing/",)}, "freeze regex '\\^nothing/' matches no"),
+    ("scratch", {"target.examples_per_class": 1000}, "examples_per_class=1000 but class 0"),
+    ("scratch", {"target.label_smoothing": 1.5}, "label_smoothing must be in"),
+    ("scratch", {"checkpoint.every_steps": -1}, "every_steps must be >= 0"),
+    ("transfer", {"transfer.init_from": "UNFINISHED"}, "is a run that has not finished"),
+    ("transfer", {"transfer.init_from": "CORRUPT"}, "cannot read checkpoint|has no 'params'"),
+])
+def test_bad_values_are_user_errors_that_change_nothing_on_disk(tmp_path, mode, overrides,
+                                                                expected):
+  from tlflax import main
+  from tlflax.errors import UserError
+  source = tmp_path / "source"
+  (source / "checkpoints" / "4" / "params").mkdir(parents=True)
+  (source / "checkpoints" / "4" / "params" / "garbage").write_bytes(b"\0" * 64)
+  (source / "config.json").write_text('{"mode": "pretrain"}')
+  if overrides.get("transfer.init_from") == "CORRUPT":
+    (source / "summary.json").write_text("{}")
+  if "transfer.init_from" in overrides:
+    overrides["transfer.init_from"] = str(source)
+  workdir = tmp_path / "work"
+  (workdir / "other").mkdir(parents=True)
+  (workdir / "other" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+  before = _tree(tmp_path)
+  with pytest.raises(UserError, match=expected):
+    main.run(mode, _smoke(**{"transfer.init_from": "", **overrides}), str(workdir))
+  assert _tree(tmp_path) == before

@@ -69,3 +69,26 @@ def test_metrics_round_trip(tmp_path):
   assert [r["test_accuracy"] for r in read_metrics(str(tmp_path))] == [0.5, 0.75]
   assert list(tmp_path.glob("events.out.tfevents.*"))
   assert read_metrics(str(tmp_path / "absent")) == []
+
+
+def test_events_are_kept_apart_and_a_resume_rewrites_tensorboard(tmp_path):
+  from test_main import _event_scalars
+
+  from tlflax import monitor
+  writer = MetricsWriter(str(tmp_path))
+  for epoch in (1, 2, 3):
+    writer.write({"epoch": epoch, "step": 10 * epoch, "test_loss": 1.0 / epoch})
+  writer.close()
+  monitor.write_event(str(tmp_path), {"event": "interrupted", "step": 35, "epoch": 4})
+  assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2, 3]
+  assert monitor.read_events(str(tmp_path)) == [{"event": "interrupted", "step": 35, "epoch": 4}]
+  # Resumed from the checkpoint of epoch 2: epoch 3 is rolled back and trained again.
+  kept = monitor.truncate_metrics(str(tmp_path), 2)
+  assert [r["epoch"] for r in kept] == [1, 2]
+  writer = MetricsWriter(str(tmp_path), history=kept)
+  writer.write({"epoch": 3, "step": 30, "test_loss": 0.25})
+  writer.close()
+  assert [r["test_loss"] for r in read_metrics(str(tmp_path))] == [1.0, 0.5, 0.25]
+  assert len(monitor.read_events(str(tmp_path))) == 1
+  assert [(s, round(v, 4)) for s, v in _event_scalars(tmp_path, "test_loss")] == [
+      (10, 1.0), (20, 0.5), (30, 0.25)]

@@ -88,8 +88,31 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
   a run killed during epoch 3 resumes from epoch 2 and ends where the uninterrupted one does."""
   phase = _phase(epochs=3)
   schedule = {"unfreeze": ((2, "stages:2"),)}
-  whole = _fit(task, tmp_path / "whole", phase, True, **schedule)
   real = train.evaluate
+  seen = []  # the params at every evaluation, i.e. after epochs 1, 2 and 3
+
+  def evaluate_and_keep(eval_fn, state, *args, **kwargs):
+    seen.append(jax.device_get(state.params))
+    return real(eval_fn, state, *args, **kwargs)
+
+  monkeypatch.setattr(train, "evaluate", evaluate_and_keep)
+  whole = _fit(task, tmp_path / "whole", phase, True, **schedule)
+  monkeypatch.setattr(train, "evaluate", real)
+  init = jax.device_get(train.init_variables(MODEL, 10, (16, 16, 3), 0)["params"])
+
+  def same(params, prefix):
+    pairs = [(a, b) for (p, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                         jax.tree.leaves(init))
+             if jax.tree_util.keystr(p).startswith(f"['{prefix}")]
+    assert pairs
+    return all(np.array_equal(a, b) for a, b in pairs)
+
+  # Frozen parameters stay bit-identical until their unfreeze epoch, and move after it.
+  assert all(same(seen[e], unit) for e in (0, 1) for unit in ("stem_", "stage1_", "stage3_",
+                                                               "stage4_"))
+  assert not same(seen[0], "head")
+  assert same(seen[2], "stem_") and same(seen[2], "stage2_")
+  assert not same(seen[2], "stage3_") and not same(seen[2], "stage4_")
   calls = []
 
   def evaluate_then_die(*args, **kwargs):

@@ -121,3 +121,34 @@ def test_a_bfloat16_run_keeps_float32_params_statistics_optimizer_state_and_chec
   assert floats and all(x.dtype == jnp.float32 for x in floats)
   restored, _ = checkpoint.restore_variables(str(tmp_path / "bf16"))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(restored))
+
+
+def test_nesterov_momentum_matches_a_hand_computed_update():
+  """PyTorch's SGD(nesterov=True, dampening=0): b = mu b + g; step = -lr (g + mu b)."""
+  phase = _phase(epochs=4, momentum=0.9, weight_decay=0.0, learning_rate=0.5, warmup_epochs=1.0)
+  tx = train.make_optimizer(phase, steps_per_epoch=2)
+  lr = train.learning_rate_schedule(phase, 2)
+  params = {"w": jnp.array([1.0, -2.0])}
+  state = tx.init(params)
+  buf = np.zeros(2)
+  for t, g in enumerate([np.array([0.3, -0.1]), np.array([0.2, 0.4]), np.array([-0.5, 0.1])]):
+    updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+    buf = 0.9 * buf + g
+    expected = -float(lr(t)) * (g + 0.9 * buf)
+    np.testing.assert_allclose(np.asarray(updates["w"]), expected, rtol=1e-6, atol=1e-8)
+    params = {"w": params["w"] + updates["w"]}
+  assert float(lr(0)) == 0.0 and float(lr(1)) == pytest.approx(0.25)  # warm-up over 2 steps
+
+
+def test_label_smoothing_spreads_the_target_over_every_class():
+  logits = jnp.array([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 3.0]])
+  labels = jnp.array([0, 2])
+  log_p = np.asarray(jax.nn.log_softmax(logits))
+  for eps in (0.0, 0.1, 0.3):
+    target = np.full((2, 4), eps / 4) + (1 - eps) * np.eye(4)[np.asarray(labels)]
+    expected = -(target * log_p).sum(-1)
+    np.testing.assert_allclose(np.asarray(steps.cross_entropy(logits, labels, eps)), expected,
+                               rtol=1e-6)
+  # Smoothing raises the loss of a confident correct prediction and lowers a confident wrong one.
+  plain, smooth = steps.cross_entropy(logits, labels), steps.cross_entropy(logits, labels, 0.3)
+  assert float(smooth[0]) > float(plain[0]) and float(smooth[1]) < float(plain[1])

@@ -1,0 +1,146 @@
+"""Faults lose nothing: SIGTERM, kill -9 (also during a save), a corrupt latest checkpoint and a
+diverging run, each in a real CLI process, resumed and compared bitwise with an uninterrupted run
+of the same config. (SIGINT takes the same path with exit code 130: test_preemption.py.)"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import JAX_CACHE, REPO, run_cli
+
+STEPS = 32  # per epoch: 1024 examples in batches of 32
+# A tiny scratch run: ResNet-18 width 4 on 16x16 synthetic images, 2 epochs, progress every step.
+ARGS = ["--mode=scratch", "--config=configs/smoke.py", "--config.model.width=4",
+        "--config.target.image_size=16", "--config.target.epochs=2",
+        "--config.target.train_split=train[:1024]", "--config.target.test_split=test[:200]",
+        "--config.target.batch_size=32", "--config.target.eval_batch_size=200",
+        "--config.log_every_steps=1", "--config.checkpoint.async_save=true"]
+EXACT = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def _records(workdir):
+  lines = (workdir / "scratch" / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(x) for x in lines]
+
+
+def _exact(records):
+  return [{k: r[k] for k in EXACT} for r in records if "event" not in r]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("reference")
+  result = run_cli(ARGS + [f"--workdir={workdir}"], workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return _exact(_records(workdir))
+
+
+def _start_and_signal(workdir, sig, when: str, extra=()):
+  """Starts the run, sends `sig` once stderr shows `when`; returns (exit code, stderr)."""
+  env = {**os.environ, "TLFLAX_JAX_CACHE": JAX_CACHE}
+  log = workdir.parent / f"{workdir.name}.log"
+  with open(log, "w") as err:
+    proc = subprocess.Popen([sys.executable, "-m", "tlflax.main", *ARGS, f"--workdir={workdir}",
+                             *extra], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 300
+    while when not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait(timeout=300)
+  return proc.returncode, log.read_text()
+
+
+def _one_line(stderr, prefix="tlflax:"):
+  lines = [x for x in stderr.splitlines() if x.startswith(prefix)]
+  assert len(lines) == 1, stderr[-3000:]
+  return lines[0]
+
+
+def _resume(workdir):
+  result = run_cli(ARGS + [f"--workdir={workdir}"], workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stderr
+
+
+def test_sigterm_saves_the_step_and_the_resumed_run_equals_an_uninterrupted_one(reference,
+                                                                                 tmp_path):
+  workdir = tmp_path / "w"
+  code, stderr = _start_and_signal(workdir, signal.SIGTERM, f"epoch 2/2 step 4/{STEPS}")
+  assert code == 143, stderr[-3000:]
+  line = _one_line(stderr)
+  assert line.startswith("tlflax: interrupted by SIGTERM after step ") and "rerun the same" in line
+  step = int(line.split("after step ")[1].split()[0])
+  assert STEPS + 4 <= step < 2 * STEPS  # inside epoch 2
+  ckpt_dir = workdir / "scratch" / "checkpoints"
+  assert f"saved {ckpt_dir}/{step}" in line
+  assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [STEPS, step]
+  assert not (workdir / "scratch" / "summary.json").exists()
+  assert _records(workdir)[-1] == {"event": "interrupted", "signal": "SIGTERM", "step": step,
+                                   "epoch": 2, "step_in_epoch": step - STEPS}
+  shutil.copytree(workdir, tmp_path / "copy")
+
+  stderr = _resume(workdir)
+  assert f"resuming from {ckpt_dir}/{step} (epoch 2, step {step - STEPS}/" in stderr
+  assert _exact(_records(workdir)) == reference  # bitwise: losses and accuracies as floats
+  summary = json.loads((workdir / "scratch" / "summary.json").read_text())
+  assert summary["resumed_from_step"] == step
+  # Time is counted across both attempts: the first one alone took longer than its training.
+  assert summary["wall_s"] > summary["train_s"] + summary["compile_s"] > 0
+  from test_main import _event_scalars
+  tb = _event_scalars(workdir / "scratch", "test_loss")
+  assert [s for s, _ in tb] == [STEPS, 2 * STEPS]  # no duplicate points after the resume
+
+  # The same interrupted run, its latest checkpoint truncated on disk: back to the one before.
+  workdir = tmp_path / "copy"
+  ckpt_dir = workdir / "scratch" / "checkpoints"
+  for path in (ckpt_dir / str(step) / "params").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(path.read_bytes()[:10])
+  stderr = _resume(workdir)
+  assert f"checkpoint {ckpt_dir}/{step} cannot be restored" in stderr
+  assert f"resuming from {ckpt_dir}/{STEPS} (epoch 2, step 0/" in stderr
+  assert (workdir / "scratch" / "corrupt_checkpoints" / str(step) / "params").is_dir()
+  assert _exact(_records(workdir)) == reference
+
+
+def test_kill_9_during_saves_resumes_from_the_last_complete_checkpoint(reference, tmp_path):
+  workdir = tmp_path / "w"
+  # A checkpoint after every step: the kill most likely lands inside an async save.
+  code, _ = _start_and_signal(workdir, signal.SIGKILL, f"epoch 1/2 step 12/{STEPS}",
+                              ["--config.checkpoint.every_steps=1"])
+  assert code == -signal.SIGKILL
+  ckpt_dir = workdir / "scratch" / "checkpoints"
+  complete = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
+  assert complete and max(complete) >= 6
+  run_cli(ARGS + [f"--workdir={workdir}", "--config.checkpoint.every_steps=1"], workdir)
+  assert _exact(_records(workdir)) == reference
+  assert not [p for p in ckpt_dir.iterdir() if not p.name.isdigit()]  # temporaries cleaned up
+
+
+def test_a_diverging_run_stops_with_exit_3_and_saves_no_nan(tmp_path):
+  workdir = tmp_path / "w"
+  result = run_cli(ARGS + [f"--workdir={workdir}", "--config.target.learning_rate=1e9",
+                           "--config.checkpoint.every_steps=2"], workdir)
+  assert result.returncode == 3, result.stderr[-3000:]
+  line = _one_line(result.stderr)
+  assert line.startswith("tlflax: error: diverged: non-finite loss or gradients at step ")
+  step = int(line.split("at step ")[1].split()[0])
+  event = _records(workdir)[-1]
+  assert event["event"] == "diverged" and event["step"] == step and event["epoch"] == 1
+  ckpt_dir = workdir / "scratch" / "checkpoints"
+  saved = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+  assert all(s < step for s in saved)  # nothing at or after the diverged step
+  if saved:
+    assert f"last good checkpoint: {ckpt_dir}/{saved[-1]}" in line
+    import jax
+    import numpy as np
+
+    from tlflax import checkpoint
+    params, _ = checkpoint.restore_variables(str(ckpt_dir / str(saved[-1])))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+  shutil.rmtree(workdir)
