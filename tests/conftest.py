@@ -144,3 +144,22 @@ def run_cli(args, tmp_path, timeout=600, env=None):
   full_env = {**os.environ, "TLFLAX_JAX_CACHE": JAX_CACHE, **(env or {})}
   return subprocess.run([sys.executable, "-m", "tlflax.main", *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# A tiny scratch run through the CLI: ResNet-18 width 4 on 16x16 synthetic images, 2 epochs of
+# 32 steps, progress every step. The fault tests interrupt it; `tiny_scratch` is it uninterrupted.
+TINY_STEPS = 32
+TINY_ARGS = ["--mode=scratch", "--config=configs/smoke.py", "--config.model.width=4",
+             "--config.target.image_size=16", "--config.target.epochs=2",
+             "--config.target.train_split=train[:1024]", "--config.target.test_split=test[:200]",
+             "--config.target.batch_size=32", "--config.target.eval_batch_size=200",
+             "--config.log_every_steps=1", "--config.checkpoint.async_save=true"]
+
+
+@pytest.fixture(scope="session")
+def tiny_scratch(tmp_path_factory):
+  """(workdir, stderr) of the uninterrupted TINY_ARGS run."""
+  workdir = tmp_path_factory.mktemp("tiny_scratch")
+  result = run_cli(TINY_ARGS + [f"--workdir={workdir}"], workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result.stderr

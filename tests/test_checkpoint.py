@@ -46,37 +46,6 @@ def _tree_equal(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_interrupted_then_resumed_run_equals_uninterrupted(task, whole, tmp_path, monkeypatch):
-  _, whole = whole
-
-  real_evaluate = train.evaluate
-  calls = []
-
-  def evaluate_then_die(*args, **kwargs):
-    calls.append(1)
-    if len(calls) == 3:  # during the last epoch, before its checkpoint
-      raise Interrupt
-    return real_evaluate(*args, **kwargs)
-
-  monkeypatch.setattr(train, "evaluate", evaluate_then_die)
-  with pytest.raises(Interrupt):
-    _fit(task, tmp_path / "cut")
-  monkeypatch.setattr(train, "evaluate", real_evaluate)
-  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "cut" / "checkpoints"))
-  assert ckpts.latest_step() == 2 * 3  # epochs 1 and 2 are saved, 3 steps each
-  ckpts.close()
-
-  resumed = _fit(task, tmp_path / "cut")
-  assert resumed.summary["resumed_from_epoch"] == 2
-  assert int(resumed.state.step) == int(whole.state.step) == 9
-  assert _tree_equal(resumed.state.params, whole.state.params)
-  assert _tree_equal(resumed.state.batch_stats, whole.state.batch_stats)
-  assert _tree_equal(resumed.state.opt_state, whole.state.opt_state)
-  lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["epoch"] for r in lines] == [1, 2, 3]
-  assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in whole.history]
-
-
 def test_checkpoints_keep_the_latest_and_the_best(whole):
   run_dir, result = whole
   ckpts = checkpoint.RunCheckpoints(str(run_dir / "checkpoints"))
@@ -104,31 +73,35 @@ def test_resume_with_other_data_is_refused(whole):
     _fit(other, run_dir)
 
 
-@pytest.mark.parametrize("stop_at", [3, 7])
-def test_a_stop_request_saves_mid_epoch_and_the_resume_is_exact(task, whole, tmp_path,
-                                                                monkeypatch, stop_at):
-  """Step 3 ends epoch 1 (trained, not yet evaluated); step 7 is inside epoch 3, after the
-  unfreeze changed the optimizer's layout."""
+def test_stop_requests_save_mid_epoch_and_the_resumes_are_exact(task, whole, tmp_path,
+                                                              monkeypatch):
+  """Stopped after step 3 (epoch 1 trained, not yet evaluated), resumed and stopped again after
+  step 7 (inside epoch 3, after the unfreeze changed the optimizer's layout), resumed to the end:
+  the same parameters and metrics as the uninterrupted run."""
   from tlflax import preemption
   from tlflax.errors import Stopped
   _, whole = whole
-  monkeypatch.setattr(preemption, "should_stop", lambda step: step == stop_at)
-  with pytest.raises(Stopped) as stopped:
-    _fit(task, tmp_path / "cut")
-  assert stopped.value.exit_code == 143
-  assert f"after step {stop_at} " in str(stopped.value)
-  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "cut" / "checkpoints"))
-  assert ckpts.latest_step() == stop_at
-  position = ckpts.data_state(stop_at)
-  ckpts.close()
-  assert (position["epoch"], position["step_in_epoch"]) == ((stop_at - 1) // 3,
-                                                           (stop_at - 1) % 3 + 1)
+  run_dir = tmp_path / "cut"
+  for stop_at, position in ((3, (0, 3)), (7, (2, 1))):
+    monkeypatch.setattr(preemption, "should_stop", lambda step, at=stop_at: step == at)
+    with pytest.raises(Stopped) as stopped:
+      _fit(task, run_dir)
+    assert stopped.value.exit_code == 143
+    assert f"after step {stop_at} " in str(stopped.value)
+    ckpts = checkpoint.RunCheckpoints(str(run_dir / "checkpoints"))
+    assert ckpts.latest_step() == stop_at
+    done = ckpts.data_state(stop_at)
+    ckpts.close()
+    assert (done["epoch"], done["step_in_epoch"]) == position
   monkeypatch.undo()
-  resumed = _fit(task, tmp_path / "cut")
-  assert resumed.summary["resumed_from_step"] == stop_at
+  resumed = _fit(task, run_dir)
+  assert resumed.summary["resumed_from_step"] == 7
   assert _tree_equal(resumed.state, whole.state)
-  assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
-  assert [r["test_loss"] for r in resumed.history] == [r["test_loss"] for r in whole.history]
+  lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  records = [r for r in lines if "event" not in r]
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+  for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+    assert [r[key] for r in records] == [r[key] for r in whole.history]
 
 
 def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, tmp_path,

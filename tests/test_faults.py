@@ -11,15 +11,10 @@ import sys
 import time
 
 import pytest
-from conftest import JAX_CACHE, REPO, run_cli
+from conftest import JAX_CACHE, REPO, TINY_ARGS, TINY_STEPS, run_cli
 
-STEPS = 32  # per epoch: 1024 examples in batches of 32
-# A tiny scratch run: ResNet-18 width 4 on 16x16 synthetic images, 2 epochs, progress every step.
-ARGS = ["--mode=scratch", "--config=configs/smoke.py", "--config.model.width=4",
-        "--config.target.image_size=16", "--config.target.epochs=2",
-        "--config.target.train_split=train[:1024]", "--config.target.test_split=test[:200]",
-        "--config.target.batch_size=32", "--config.target.eval_batch_size=200",
-        "--config.log_every_steps=1", "--config.checkpoint.async_save=true"]
+STEPS = TINY_STEPS
+ARGS = TINY_ARGS
 EXACT = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
@@ -33,11 +28,8 @@ def _exact(records):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("reference")
-  result = run_cli(ARGS + [f"--workdir={workdir}"], workdir)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return _exact(_records(workdir))
+def reference(tiny_scratch):
+  return _exact(_records(tiny_scratch[0]))
 
 
 def _start_and_signal(workdir, sig, when: str, extra=()):
@@ -85,7 +77,8 @@ def test_sigterm_saves_the_step_and_the_resumed_run_equals_an_uninterrupted_one(
   shutil.copytree(workdir, tmp_path / "copy")
 
   stderr = _resume(workdir)
-  assert f"resuming from {ckpt_dir}/{step} (epoch 2, step {step - STEPS}/" in stderr
+  assert (f"resuming from {ckpt_dir}/{step} in epoch 2, after {step - STEPS} of its {STEPS} "
+          "steps") in stderr
   assert _exact(_records(workdir)) == reference  # bitwise: losses and accuracies as floats
   summary = json.loads((workdir / "scratch" / "summary.json").read_text())
   assert summary["resumed_from_step"] == step
@@ -103,7 +96,7 @@ def test_sigterm_saves_the_step_and_the_resumed_run_equals_an_uninterrupted_one(
       path.write_bytes(path.read_bytes()[:10])
   stderr = _resume(workdir)
   assert f"checkpoint {ckpt_dir}/{step} cannot be restored" in stderr
-  assert f"resuming from {ckpt_dir}/{STEPS} (epoch 2, step 0/" in stderr
+  assert f"resuming from {ckpt_dir}/{STEPS} at the start of epoch 2" in stderr
   assert (workdir / "scratch" / "corrupt_checkpoints" / str(step) / "params").is_dir()
   assert _exact(_records(workdir)) == reference
 

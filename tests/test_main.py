@@ -25,19 +25,15 @@ def _event_scalars(run_dir, tag):
   return values
 
 
-@pytest.mark.parametrize("mode,chance", [("pretrain", 0.1), ("scratch", 0.01)])
-def test_modes_run_end_to_end_on_the_smoke_config(tmp_path, mode, chance):
-  result = run_cli([f"--mode={mode}", "--config=configs/smoke.py", f"--workdir={tmp_path}"],
-                   tmp_path)
-  assert result.returncode == 0, result.stderr[-3000:]
-  run_dir = tmp_path / mode
+def _check_run(run_dir, mode, chance, test_count, stderr):
+  """What one finished run of configs/smoke.py holds."""
   config = json.loads((run_dir / "config.json").read_text())
   assert config["mode"] == mode and config["model"]["width"] == 8
   records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert all(RECORD_KEYS <= set(r) for r in records)
   assert records[-1]["step"] == 3 * (2048 // 64)
-  assert records[-1]["test_count"] == (500 if mode == "pretrain" else 1000)
+  assert records[-1]["test_count"] == test_count
   assert records[-1]["test_accuracy"] > 3 * chance  # it learns something in three epochs
   assert records[-1]["train_loss"] < records[0]["train_loss"]
   tb = _event_scalars(run_dir, "test_accuracy")
@@ -45,7 +41,7 @@ def test_modes_run_end_to_end_on_the_smoke_config(tmp_path, mode, chance):
       (r["step"], round(r["test_accuracy"], 5)) for r in records]
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["final"]["test_accuracy"] == records[-1]["test_accuracy"]
-  assert f"[{mode}] epoch 3/3 step 32/32 loss" in result.stderr  # plain progress lines
+  assert f"[{mode}] epoch 3/3 step 32/32 loss" in stderr  # plain progress lines
 
 
 def test_a_folder_that_is_not_a_run_is_not_overwritten(tmp_path):
@@ -67,7 +63,9 @@ def _png_size(path):
     return im.size
 
 
-def test_compare_writes_the_report_and_reruns_reuse_finished_runs(tmp_path):
+def test_compare_then_transfer_on_the_smoke_config(tmp_path):
+  """The study end to end: one pretraining, scratch and transfer for 2 seeds, the report; a rerun
+  reuses everything; --mode=transfer then reuses the pretraining; a stale one is refused."""
   args = ["--mode=compare", "--config=configs/smoke.py", f"--workdir={tmp_path}"]
   result = run_cli(args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -84,12 +82,14 @@ def test_compare_writes_the_report_and_reruns_reuse_finished_runs(tmp_path):
   assert summary["transfer_reaches_scratch_best_at_epoch"] in (1, 2, 3)
   md = (report / "report.md").read_text()
   assert "Experiment B: transfer | 2 |" in md and "Pretraining on synthetic10" in md
+  _check_run(tmp_path / "pretrain", "pretrain", 0.1, 500, result.stderr)
+  _check_run(tmp_path / "scratch" / "seed_0", "scratch", 0.01, 1000, result.stderr)
 
   metrics = (tmp_path / "transfer" / "seed_1" / "metrics.jsonl").read_text()
   (report / "loss.png").unlink()
   again = run_cli(args, tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stderr.count("reusing it") == 4 and "compiled" not in again.stderr
+  assert again.stderr.count("reusing it") == 5 and "compiled" not in again.stderr
   assert (tmp_path / "transfer" / "seed_1" / "metrics.jsonl").read_text() == metrics
   assert _png_size(report / "loss.png")[0] > 300
 
@@ -97,15 +97,12 @@ def test_compare_writes_the_report_and_reruns_reuse_finished_runs(tmp_path):
   redraw = run_cli(["--mode=report", f"--workdir={tmp_path}"], tmp_path)
   assert redraw.returncode == 0 and (report / "loss.png").exists()
 
-
-def test_transfer_mode_pretrains_first_and_honours_freeze(tmp_path):
+  # --mode=transfer on the same workdir reuses the pretraining and honours freeze.
   args = ["--mode=transfer", "--config=configs/smoke.py", f"--workdir={tmp_path}",
-          "--config.source.epochs=1", "--config.target.epochs=1",
-          "--config.source.train_split=train[:512]", "--config.target.train_split=train[:512]",
-          "--config.transfer.freeze=stages:3"]
+          "--config.target.epochs=1", "--config.transfer.freeze=stages:3"]
   result = run_cli(args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "no finished pretraining" in result.stderr
+  assert "no finished pretraining" not in result.stderr
   assert "freeze 'stages:3': 45 of 62 parameter arrays frozen, 15 BatchNorms" in result.stderr
   assert json.loads((tmp_path / "transfer" / "config.json").read_text())["transfer"]["freeze"] == "stages:3"
   other = run_cli(args[:-1] + ["--config.transfer.freeze=backbone"], tmp_path)
@@ -114,16 +111,16 @@ def test_transfer_mode_pretrains_first_and_honours_freeze(tmp_path):
   from tlflax import rundir
   init = json.loads((tmp_path / "transfer" / "config.json").read_text())["init"]
   pre = json.loads((tmp_path / "pretrain" / "config.json").read_text())
-  assert init["run"] == str(tmp_path / "pretrain") and init["step"] == 512 // 64
+  assert init["run"] == str(tmp_path / "pretrain") and init["step"] == 3 * 2048 // 64
   assert init["checkpoint"] == f"{tmp_path}/pretrain/checkpoints/{init['step']}"
   assert init["config_sha256"] == rundir.config_hash(pre, "pretrain")
   assert json.loads((tmp_path / "transfer" / "summary.json").read_text())["init"] == init
   # A pretraining of another source config is never reused: refused before anything runs.
   before = sorted(str(p) for p in tmp_path.rglob("*"))
-  stale = run_cli(args[:-1] + ["--config.source.epochs=3", "--config.source.learning_rate=0.2",
-                               "--config.transfer.freeze=stages:3"], tmp_path)
+  stale = run_cli(args + ["--config.source.epochs=1", "--config.source.learning_rate=0.2"],
+                  tmp_path)
   assert stale.returncode == 2
-  assert f"{tmp_path}/pretrain holds a run with another config (source.epochs: 1 -> 3; " \
+  assert f"{tmp_path}/pretrain holds a run with another config (source.epochs: 3 -> 1; " \
          "source.learning_rate: 0.05 -> 0.2)" in stale.stderr
   assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
@@ -172,19 +169,21 @@ def _assert_one_line_error(tmp_path, args, expected, env=None):
   assert "Traceback" not in result.stderr
 
 
-def test_a_failed_start_leaves_no_folder_and_a_new_config_then_runs(tmp_path):
-  from test_faults import ARGS  # the same tiny run, so its compilations are shared
-  base = ARGS + [f"--workdir={tmp_path}"]
-  failed = run_cli(base + ["--config.target.dataset=no_such_dataset"], tmp_path)
-  assert failed.returncode == 2 and not (tmp_path / "scratch").exists()
-  fixed = run_cli(base + ["--verbose"], tmp_path)
-  assert fixed.returncode == 0, fixed.stderr[-2000:]
-  saved = json.loads((tmp_path / "scratch" / "config.json").read_text())
-  assert saved["target"]["dataset"] == "synthetic100" and saved["target"]["epochs"] == 2
-  # --verbose adds the traceback to the one line.
-  again = run_cli(base + ["--config.target.epochs=3", "--verbose"], tmp_path)
+def test_a_failed_start_leaves_no_folder_and_verbose_shows_the_traceback(tmp_path, tiny_scratch):
+  from conftest import TINY_ARGS
+  failed = run_cli(TINY_ARGS + [f"--workdir={tmp_path}", "--config.target.dataset=no_such_dataset"],
+                   tmp_path)
+  assert failed.returncode == 2 and "no_such_dataset" in failed.stderr
+  assert not (tmp_path / "scratch").exists()
+  # A changed config on a finished run: refused, the run untouched; --verbose adds the traceback.
+  workdir, _ = tiny_scratch
+  before = _tree(workdir)
+  again = run_cli(TINY_ARGS + [f"--workdir={workdir}", "--config.target.epochs=3", "--verbose"],
+                  tmp_path)
   assert again.returncode == 2 and "Traceback" in again.stderr
-  assert again.stderr.strip().splitlines()[-1].startswith("tlflax: error: ")
+  last = again.stderr.strip().splitlines()[-1]
+  assert last.startswith("tlflax: error: ") and "target.epochs: 2 -> 3" in last
+  assert _tree(workdir) == before
 
 
 def _smoke(**overrides):

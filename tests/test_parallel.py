@@ -204,7 +204,7 @@ def test_two_processes_train_resume_and_report_like_one_process_with_4_devices(e
   (two / "scratch" / "summary.json").unlink()
   runs = _launch(TINY + [f"--workdir={two}"], tmp_path, processes=2, devices=2)
   assert [c for c, _ in runs] == [0, 0], runs[0][1][-3000:] + runs[1][1][-3000:]
-  assert "resuming from" in runs[0][1] and "(epoch 1, step 2)" in runs[0][1]
+  assert "checkpoints/2 at the start of epoch 2" in runs[0][1]
   resumed = _metrics(two / "scratch")
   assert [r["epoch"] for r in resumed] == [1, 2]
   for got, want in zip(resumed, first, strict=True):

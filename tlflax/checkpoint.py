@@ -71,6 +71,11 @@ class RunCheckpoints:
   def save(self, state, rng_key, data_state: dict, metrics: dict | None = None) -> None:
     """Starts an async save of the whole train state at `state.step`."""
     step = int(state.step)
+    if step in self.all_steps():
+      # Stopped right after an epoch's last step, the run saved this step before its evaluation;
+      # the resumed run saves it again, now with its metrics (orbax would skip the save).
+      self._mngr.wait_until_finished()
+      self._mngr.delete(step)
     with self._writing(step):
       self._save(step, state, rng_key, data_state, metrics)
 

@@ -246,8 +246,8 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
       history = [r for r in read_metrics(run_dir) if r["epoch"] <= at.epoch]
       if main:
         monitor.truncate_metrics(run_dir, at.epoch)  # later records were rolled back
-      progress.note(f"resuming from {ckpts.directory}/{int(at.state.step)} (epoch "
-                    f"{at.epoch + 1}, step {at.step_in_epoch}/{steps_per_epoch} of it)")
+      progress.note(f"resuming from {ckpts.directory}/{resumed_step} "
+                    + _position_text(at.epoch, at.step_in_epoch, steps_per_epoch))
     else:
       if resuming and transfer_cfg is not None:  # its start is the source's, not a fresh init
         raise UserError(f"no checkpoint in {ckpts.directory} could be restored (moved to "
@@ -395,6 +395,15 @@ def _restore(ckpts, run_dir, new_setup, shapes, placement, transfer_cfg, steps_p
   seconds = {k: float(done.get(k, 0.0)) for k in ("wall_s", "train_s", "compile_s")}
   return made["setup"], root_key, _Position(state, epoch, step_in_epoch, done.get("sums"),
                                             seconds)
+
+
+def _position_text(epoch: int, step_in_epoch: int, steps_per_epoch: int) -> str:
+  """Where a resumed run continues, in words (`epoch` 0-based)."""
+  if step_in_epoch == 0:
+    return f"at the start of epoch {epoch + 1}"
+  if step_in_epoch == steps_per_epoch:
+    return f"after the last step of epoch {epoch + 1}, before its evaluation"
+  return f"in epoch {epoch + 1}, after {step_in_epoch} of its {steps_per_epoch} steps"
 
 
 def _policy_epoch(epoch: int, step_in_epoch: int) -> int:
