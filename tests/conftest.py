@@ -146,10 +146,11 @@ def run_cli(args, tmp_path, timeout=600, env=None):
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
-# A tiny scratch run through the CLI: ResNet-18 width 4 on 16x16 synthetic images, 2 epochs of
+# A tiny scratch run through the CLI: ResNet-10 width 4 on 16x16 synthetic images, 2 epochs of
 # 32 steps, progress every step. The fault tests interrupt it; `tiny_scratch` is it uninterrupted.
 TINY_STEPS = 32
-TINY_ARGS = ["--mode=scratch", "--config=configs/smoke.py", "--config.model.width=4",
+TINY_ARGS = ["--mode=scratch", "--config=configs/smoke.py", "--config.model.name=resnet10",
+             "--config.model.width=4",
              "--config.target.image_size=16", "--config.target.epochs=2",
              "--config.target.train_split=train[:1024]", "--config.target.test_split=test[:200]",
              "--config.target.batch_size=32", "--config.target.eval_batch_size=200",

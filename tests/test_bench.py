@@ -20,7 +20,8 @@ def _bench(*args, timeout=600):
 
 
 def test_step_benchmark_writes_every_variant_with_consistent_numbers(tmp_path):
-  out = _bench(f"--json={tmp_path / 'b.json'}", "--steps=2", "--peak_tflops=0.1")
+  # --nostartup: the start-up figures cost two cold subprocesses (tlflax/bench.py _startup).
+  out = _bench(f"--json={tmp_path / 'b.json'}", "--steps=2", "--peak_tflops=0.1", "--nostartup")
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads((tmp_path / "b.json").read_text())
   assert (result["device_count"], result["batch_size"], result["conv"]) == (1, 16, "gemm")
@@ -36,8 +37,7 @@ def test_step_benchmark_writes_every_variant_with_consistent_numbers(tmp_path):
       10 * rows["linear_probe"]["flops_per_step"]
   assert rows["linear_probe"]["features_s"] > 0
   assert 0 <= result["host_share"] <= 1
-  assert result["startup_cold_s"] > 0 and result["startup_warm_s"] > 0
-  assert "| full |" in out.stdout and "process start to first train step" in out.stdout
+  assert "| full |" in out.stdout
 
 
 def test_bad_variant_and_missing_torch_are_one_line_errors(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from tlflax import checkpoint, data, train
 from tlflax import config as config_lib
 
-MODEL = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "float32"})
+MODEL = ml_collections.ConfigDict({"name": "resnet10", "width": 4, "dtype": "float32"})
 PHASE = config_lib.phase_config("synthetic10", 3, train_split="train[:96]", test_split="test[:24]",
                                 image_size=16, batch_size=32, eval_batch_size=16,
                                 warmup_epochs=0.5)

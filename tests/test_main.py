@@ -64,32 +64,36 @@ def _png_size(path):
 
 
 def test_compare_then_transfer_on_the_smoke_config(tmp_path):
-  """The study end to end: one pretraining, scratch and transfer for 2 seeds, the report; a rerun
+  """The study end to end: one pretraining, scratch and transfer for seed 1, the report; a rerun
   reuses everything; --mode=transfer then reuses the pretraining; a stale one is refused."""
-  args = ["--mode=compare", "--config=configs/smoke.py", f"--workdir={tmp_path}"]
+  # One seed, not the base config's (the report over several seeds: test_report.py).
+  args = ["--mode=compare", "--config=configs/smoke.py", f"--workdir={tmp_path}",
+          "--config.seeds=(1,)"]
   result = run_cli(args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "pretraining on synthetic10 first" in result.stderr
-  assert result.stderr.count("kept 100 leaves, re-initialised 2") == 2  # one per seed
+  assert result.stderr.count("kept 100 leaves, re-initialised 2") == 1
   report = tmp_path / "report"
   assert _png_size(report / "loss.png")[0] > 300 and _png_size(report / "accuracy.png")[0] > 300
   summary = json.loads((report / "summary.json").read_text())
   exps = summary["experiments"]
-  assert exps["scratch"]["runs"] == ["scratch/seed_0", "scratch/seed_1"]
-  assert exps["transfer"]["best_test_accuracy"]["n"] == 2
+  assert exps["scratch"]["runs"] == ["scratch/seed_1"]
+  assert exps["transfer"]["best_test_accuracy"]["n"] == 1
   # On the synthetic pair, features from synthetic10 help synthetic100 a lot within 3 epochs.
   assert exps["transfer"]["best_test_accuracy"]["mean"] > 2 * exps["scratch"]["best_test_accuracy"]["mean"]
   assert summary["transfer_reaches_scratch_best_at_epoch"] in (1, 2, 3)
   md = (report / "report.md").read_text()
-  assert "Experiment B: transfer | 2 |" in md and "Pretraining on synthetic10" in md
+  assert "Experiment B: transfer | 1 |" in md and "Pretraining on synthetic10" in md
   _check_run(tmp_path / "pretrain", "pretrain", 0.1, 500, result.stderr)
-  _check_run(tmp_path / "scratch" / "seed_0", "scratch", 0.01, 1000, result.stderr)
+  _check_run(tmp_path / "scratch" / "seed_1", "scratch", 0.01, 1000, result.stderr)
+  assert json.loads((tmp_path / "scratch" / "seed_1" / "config.json").read_text())["seed"] == 1
+  assert json.loads((tmp_path / "pretrain" / "config.json").read_text())["seed"] == 0
 
   metrics = (tmp_path / "transfer" / "seed_1" / "metrics.jsonl").read_text()
   (report / "loss.png").unlink()
   again = run_cli(args, tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stderr.count("reusing it") == 5 and "compiled" not in again.stderr
+  assert again.stderr.count("reusing it") == 3 and "compiled" not in again.stderr
   assert (tmp_path / "transfer" / "seed_1" / "metrics.jsonl").read_text() == metrics
   assert _png_size(report / "loss.png")[0] > 300
 
