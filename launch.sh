@@ -167,7 +167,9 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   local) setup; exec "$VENV/bin/python" -m tlflax.main "$@" ;;
-  test) setup; exec "$VENV/bin/python" -m pytest tests "$@" ;;
+  # Test files in parallel, one worker per core (at most 4): the suite is half compilation and
+  # subprocess start-up, which one process leaves a core idle for.
+  test) setup; exec "$VENV/bin/python" -m pytest -n auto --maxprocesses=4 --dist loadfile tests "$@" ;;
   install) setup ;;
   tpu) tpu_launch "$@" ;;
   slurm) slurm_launch "$@" ;;

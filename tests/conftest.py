@@ -19,8 +19,13 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # One persistent XLA compilation cache for the session, shared by this process, the CLI
 # subprocesses and the multi-device checks: a program that one test compiled, the next one loads
 # (as a user's reruns do from ~/.cache/tlflax/jax). Only speed depends on it.
-JAX_CACHE = tempfile.mkdtemp(prefix="tlflax-test-jax-cache-")
-atexit.register(shutil.rmtree, JAX_CACHE, ignore_errors=True)
+# Under pytest-xdist every worker imports this file: they share the cache of their controller.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+JAX_CACHE = os.path.join(tempfile.gettempdir(),
+                         f"tlflax-test-jax-cache-{os.getppid() if _WORKER else os.getpid()}")
+os.makedirs(JAX_CACHE, exist_ok=True)
+if not _WORKER:
+  atexit.register(shutil.rmtree, JAX_CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
