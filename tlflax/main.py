@@ -142,10 +142,10 @@ def _load_task(phase, config):
 
 def ensure_pretrained(config, workdir: str, placement=None) -> str:
   """DIR/pretrain, after pretraining there if no finished pretraining exists. A finished one is
-  reused only if its config agrees with today's `seed`, `model` and `source`; else refused."""
+  reused only if its config agrees with today's `seed`, `model` and `source`; else `run_phase`
+  refuses it."""
   from tlflax import rundir
   run_dir = os.path.join(workdir, "pretrain")
-  rundir.refuse_if_changed(run_dir, "pretrain", rundir.record_of("pretrain", config))
   if rundir.finished(run_dir) is None:
     logging.info("no finished pretraining in %s: pretraining on %s first", run_dir,
                  config.source.dataset)

@@ -91,7 +91,10 @@ def _differences(run_dir: str, mode: str, record: dict) -> list[str] | None:
 
 def refuse_if_changed(run_dir: str, mode: str, record: dict) -> None:
   """A `UserError` when `run_dir` holds a trained run whose config disagrees with `record`."""
-  diff = _differences(run_dir, mode, record)
+  _refuse(run_dir, _differences(run_dir, mode, record))
+
+
+def _refuse(run_dir: str, diff: list[str] | None) -> None:
   if diff and not untrained(run_dir):
     hint = (" (the run it starts from has another config)"
             if any(d.startswith("init.") for d in diff) else "")
@@ -106,8 +109,8 @@ def open_run(run_dir: str, mode: str, config, init: dict | None = None) -> list[
   refuse together); process 0 alone writes; all meet afterwards.
   """
   current = record_of(mode, config, init)
-  refuse_if_changed(run_dir, mode, current)
   diff = _differences(run_dir, mode, current)
+  _refuse(run_dir, diff)
   if diff is None and os.path.isdir(run_dir) and any(
       not e.startswith("seed_") for e in os.listdir(run_dir)):
     raise UserError(f"{run_dir} holds files but no config.json, so it is not a tlflax run: "

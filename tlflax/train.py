@@ -222,9 +222,12 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                                         async_save=checkpoint_cfg.get("async_save", True))
   image_shape = task.train.images.shape[1:]
   resuming = bool(ckpts.all_steps())
+
+  def fresh_variables():
+    return placement.replicate(init_variables(model_cfg, task.num_classes, image_shape, seed))
+
   if variables is None and not resuming:
-    variables = placement.replicate(init_variables(model_cfg, task.num_classes, image_shape,
-                                                   seed))
+    variables = fresh_variables()
   # Rules read only paths and shapes, so a resumed run needs no init at all.
   shapes = (jax.eval_shape(lambda: variables) if variables is not None
             else variable_shapes(model_cfg, task.num_classes, image_shape))
@@ -253,9 +256,8 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
         raise UserError(f"no checkpoint in {ckpts.directory} could be restored (moved to "
                         "corrupt_checkpoints/): rerun the same command to start this transfer "
                         "run over from its source")
-      if variables is None:
-        variables = placement.replicate(init_variables(model_cfg, task.num_classes,
-                                                       image_shape, seed))
+      if variables is None:  # every checkpoint failed to restore: start over
+        variables = fresh_variables()
       if main and read_metrics(run_dir):
         monitor.truncate_metrics(run_dir, 0)  # stopped before its first checkpoint: start over
     state = at.state
