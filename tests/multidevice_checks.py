@@ -187,7 +187,7 @@ def resume_check(task, root, one, eight, pmap8) -> dict:
 
 def tiny_on_four_devices(root: str) -> list[dict]:
   """The multi-process test's reference: its run in one process on 4 devices."""
-  from tlflax import main as cli
+  from tlflax import runner as cli
   four = parallel.Placement.create("shard_map", devices=jax.devices()[:4])
   cli.run_phase("scratch", tiny_config(), f"{root}/four", placement=four)
   with open(f"{root}/four/scratch/metrics.jsonl") as f:

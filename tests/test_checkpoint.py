@@ -64,6 +64,24 @@ def test_checkpoints_keep_the_latest_and_the_best(whole):
   assert {"params", "batch_stats", "opt_state", "step", "rng", "data_state"} <= set(items)
 
 
+def test_the_best_checkpoint_is_chosen_by_validation_accuracy_when_there_is_one(whole,
+                                                                                 tmp_path):
+  _, result = whole
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "checkpoints"), keep=1, async_save=False)
+  for step, metrics in ((1, {"test_accuracy": 0.9, "val_accuracy": 0.1}),
+                        (2, {"test_accuracy": 0.1, "val_accuracy": 0.9}),
+                        (3, {"test_accuracy": 0.5, "val_accuracy": 0.2})):
+    ckpts.save(result.state.replace(step=step), jax.random.key(0), {"epoch": step}, metrics)
+  assert ckpts.all_steps() == [2, 3]  # the latest, and the best by val (not 1, best by test)
+  ckpts.close()
+  test_only = checkpoint.RunCheckpoints(str(tmp_path / "test_only"), keep=1, async_save=False)
+  for step, acc in ((1, 0.9), (2, 0.1), (3, 0.5)):
+    test_only.save(result.state.replace(step=step), jax.random.key(0), {"epoch": step},
+                   {"test_accuracy": acc})
+  assert test_only.all_steps() == [1, 3]
+  test_only.close()
+
+
 def test_resume_with_other_data_is_refused(whole):
   run_dir, _ = whole
   other = data.load_task(config_lib.phase_config("synthetic10", 3, train_split="train[:64]",

@@ -215,4 +215,4 @@ def test_two_processes_train_resume_and_report_like_one_process_with_4_devices(e
   assert [c for c, _ in runs] == [0, 0], runs[0][1][-3000:]
   report = json.loads((two / "report" / "summary.json").read_text())
   scratch = report["experiments"]["scratch"]
-  assert scratch["final_test_accuracy"]["mean"] == resumed[-1]["test_accuracy"]
+  assert scratch["final"]["test_accuracy"]["mean"] == resumed[-1]["test_accuracy"]

@@ -42,15 +42,22 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _selection_metric(metrics: dict) -> float:
+  """What makes a checkpoint the best: validation accuracy where the run has a validation split,
+  else test accuracy."""
+  return metrics.get("val_accuracy", metrics.get("test_accuracy"))
+
+
 class RunCheckpoints:
-  """The checkpoints of one run: async saves, the last `keep` and the best by test accuracy."""
+  """The checkpoints of one run: async saves, the last `keep` and the best by accuracy
+  (`_selection_metric`)."""
 
   def __init__(self, directory: str, keep: int = 2, keep_best: bool = True,
                async_save: bool = True):
     policies = [ocp.checkpoint_managers.LatestN(n=max(1, keep))]
     if keep_best:
       policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m["test_accuracy"], n=1, keep_checkpoints_without_metrics=False))
+          get_metric_fn=_selection_metric, n=1, keep_checkpoints_without_metrics=False))
     self.directory = os.path.abspath(directory)
     self._closed = False
     # best_fn as well as the policy: orbax writes a checkpoint's metrics to disk only when
@@ -58,7 +65,7 @@ class RunCheckpoints:
     # checkpoint was best and deletes it at the next save.
     self._mngr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        best_fn=(lambda m: m["test_accuracy"]) if keep_best else None, best_mode="max",
+        best_fn=_selection_metric if keep_best else None, best_mode="max",
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True),
         item_handlers=_handlers())
 

@@ -1,5 +1,7 @@
 """Config building blocks shared by the files in `configs/`, and their validation."""
 
+import re
+
 import ml_collections
 
 from tlflax.errors import UserError
@@ -11,10 +13,16 @@ def phase_config(dataset: str, epochs: int, **overrides) -> ml_collections.Confi
       "dataset": dataset,
       "train_split": "train",
       "test_split": "test",
+      # held-out split for model selection (e.g. 'train[90%:]' with train_split='train[:90%]');
+      # '' = none, and then every "best" is selected on the test split (the report says so)
+      "val_split": "",
       "examples_per_class": 0,  # 0: every example; N: a balanced, seeded subset of N per class
       "image_size": 32,
       "download": True,  # let tfds download when the dataset is not prepared in data_dir
       "epochs": epochs,
+      # at least this many training steps: a small training set (a label budget) trains for
+      # more epochs, ceil(min_steps / steps_per_epoch), so 5 examples per class is not 2 steps
+      "min_steps": 0,
       "batch_size": 128,
       "eval_batch_size": 1000,
       "learning_rate": 0.1,
@@ -48,6 +56,9 @@ def transfer_config(**overrides) -> ml_collections.ConfigDict:
       # computed once ('fixed', or True), once per epoch from augmented images ('augmented'),
       # or not at all ('off', or False).
       "cache_features": "fixed",
+      # input statistics of a transfer run: the source run's mean/std ('source', what the
+      # transferred network was trained to see) or the target's training split ('target')
+      "normalize": "source",
   }, type_safe=False)
   transfer.update(overrides)
   return transfer
@@ -58,6 +69,13 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.seeds = (0,)
+  # --mode=compare: scratch and every transfer arm (named overrides of config.transfer, each a
+  # run folder of its own, all from one pretraining) for every seed and every label budget.
+  # 'full' is the study's choice: every layer trains, from the source's weights.
+  config.arms = arms_config({"full": {}})
+  # examples per class of the target's training split, one study per entry (0: all of them);
+  # () runs target.examples_per_class alone
+  config.label_budgets = ()
   config.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
   # dtype 'auto': bfloat16 compute on GPU/TPU, float32 on CPU; params and BN stats stay float32.
   # conv 'auto': weight gradients as GEMMs on the CPU (conv.py), XLA's own on GPU/TPU.
@@ -65,11 +83,12 @@ def base_config() -> ml_collections.ConfigDict:
       {"name": "resnet18", "width": 64, "dtype": "auto", "conv": "auto"})
   config.parallel = "shard_map"  # or 'pmap' (one process): how the per-shard steps run
   config.source = phase_config("cifar10", epochs=30)
-  config.target = phase_config("cifar100", epochs=100)
+  # a label budget of 5 or 25 images per class still trains 2,000 steps (see `min_steps`)
+  config.target = phase_config("cifar100", epochs=100, min_steps=2000)
   config.transfer = transfer_config()
   config.checkpoint = ml_collections.ConfigDict({
       "keep": 2,  # the latest `keep` checkpoints ...
-      "keep_best": True,  # ... and the best by test accuracy
+      "keep_best": True,  # ... and the best by val_accuracy (with a val_split; else by test)
       "every_epochs": 1,
       "every_steps": 0,  # also a checkpoint every N global steps inside epochs (0: none)
       "async_save": True,
@@ -79,8 +98,31 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def arms_config(arms: dict) -> ml_collections.ConfigDict:
+  """`config.arms` from {name: {transfer key: value}}: values may change type (a freeze policy
+  string or a tuple of regexes)."""
+  return ml_collections.ConfigDict(arms, type_safe=False)
+
+
+HOLDOUT = {"train_split": "train[:90%]", "val_split": "train[90%:]"}
+
+
+def holdout(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """The config-file argument (`--config=FILE:ARG`): '' keeps every training image for training,
+  'val' holds out the last 10% of the source's and the target's training splits for model
+  selection."""
+  if arg in (None, ""):
+    return config
+  if arg != "val":
+    raise UserError(f"unknown config argument {arg!r}: use FILE (every training image trains) "
+                    "or FILE:val (10% of each training split held out for selection)")
+  for phase in (config.source, config.target):
+    phase.update(HOLDOUT)
+  return config
+
+
 _POSITIVE = ("epochs", "batch_size", "eval_batch_size", "image_size")
-_NON_NEGATIVE = ("examples_per_class", "learning_rate", "weight_decay", "warmup_epochs",
+_NON_NEGATIVE = ("examples_per_class", "min_steps", "learning_rate", "weight_decay", "warmup_epochs",
                  "crop_padding")
 
 
@@ -118,16 +160,79 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"config.checkpoint.every_steps must be >= 0 (0: only at epoch ends), got "
                     f"{config.checkpoint.every_steps}")
   _validate_transfer(config)
+  _validate_study(config)
   if config.log_every_steps <= 0 or config.eval_every_epochs <= 0:
     raise UserError("config.log_every_steps and config.eval_every_epochs must be positive")
 
 
-def _validate_transfer(config) -> None:
+_ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+
+
+def arm_names(config) -> list[str]:
+  """The transfer arms of a study, in config order."""
+  return list(config.arms.keys())
+
+
+def with_arm(config, arm: str) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `transfer` block has the arm's overrides applied."""
+  out = config.copy_and_resolve_references()
+  overrides = config.arms[arm]
+  overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {})
+  for key, value in overrides.items():
+    if key not in out.transfer:
+      raise UserError(f"config.arms.{arm} overrides transfer.{key}, which does not exist: use "
+                      f"keys of config.transfer ({', '.join(sorted(out.transfer.keys()))})")
+    out.transfer[key] = value
+  return out
+
+
+def with_budget(config, budget: int) -> ml_collections.ConfigDict:
+  """A copy of `config` trained on `budget` labelled examples per class (0: all)."""
+  out = config.copy_and_resolve_references()
+  out.target.examples_per_class = int(budget)
+  return out
+
+
+def budgets(config) -> list[int]:
+  """The label budgets of a study: `label_budgets`, or the target's own examples_per_class."""
+  return [int(b) for b in config.label_budgets] or [int(config.target.examples_per_class)]
+
+
+def _validate_study(config) -> None:
+  """Arms and label budgets: names usable as folder names, overrides of existing keys, values
+  that every arm's transfer block accepts."""
+  if not arm_names(config):
+    raise UserError("config.arms is empty: give at least one transfer arm, e.g. {'full': {}}")
+  for arm in arm_names(config):
+    if not _ARM_NAME.match(arm):
+      raise UserError(f"config.arms has an arm named {arm!r}: use letters, digits, '.' and '-' "
+                      "(it names a run folder)")
+    _validate_transfer(with_arm(config, arm), f"config.arms.{arm}")
+  for budget in config.label_budgets:
+    if not isinstance(budget, int) or budget < 0:
+      raise UserError(f"config.label_budgets holds {budget!r}: use examples per class as "
+                      "integers >= 0 (0: all), e.g. (5, 25, 100, 0)")
+  if len(set(config.label_budgets)) != len(config.label_budgets):
+    raise UserError(f"config.label_budgets {tuple(config.label_budgets)} repeats a budget")
+
+
+def _validate_transfer(config, where: str = "config.transfer") -> None:
   """Checks the transfer block's shapes; regexes are checked against real parameter paths later."""
-  from tlflax import models, probe, transfer
   t = config.transfer
+  try:
+    _check_transfer(t, config.model.name)
+  except UserError as e:
+    if where == "config.transfer":
+      raise
+    raise UserError(f"in {where}: {e}") from e
+  if t.normalize not in ("source", "target"):
+    raise UserError(f"{where}.normalize must be 'source' or 'target', got {t.normalize!r}")
+
+
+def _check_transfer(t, model_name: str) -> None:
+  from tlflax import models, probe, transfer
   probe.check_mode(t.cache_features)
-  stages = models.num_stages(config.model.name)
+  stages = models.num_stages(model_name)
   if isinstance(t.freeze, str):
     transfer.freeze_patterns(t.freeze, stages)
   transfer.check_frozen_bn(t.frozen_bn)

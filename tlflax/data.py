@@ -32,14 +32,16 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """A dataset ready for training: adapted splits and the train split's per-channel statistics."""
+  """A dataset ready for training: adapted splits and the per-channel statistics the images are
+  normalised with (the train split's own, or a source run's for transfer)."""
 
   name: str
   train: Split
   test: Split
   num_classes: int
-  mean: np.ndarray  # (3,), in [0, 1] units, from the training split
+  mean: np.ndarray  # (3,), in [0, 1] units
   std: np.ndarray
+  val: Split | None = None  # held out for model selection (phase.val_split), if any
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,20 +293,23 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_task(ds_cfg, data_dir: str | None, seed: int) -> Task:
-  """Loads and adapts the train and test splits a phase config names (`source` or `target`)."""
+  """Loads and adapts the train, test and (if named) validation splits a phase config names
+  (`source` or `target`). `examples_per_class` subsets the training split only."""
   name = ds_cfg.dataset
+  names = [ds_cfg.train_split, ds_cfg.test_split] + ([ds_cfg.val_split] if ds_cfg.val_split
+                                                     else [])
   if name in SYNTHETIC:
-    train, test = (synthetic_split(name, s) for s in (ds_cfg.train_split, ds_cfg.test_split))
+    splits = [synthetic_split(name, s) for s in names]
     num_classes = SYNTHETIC[name]
   else:
-    train, num_classes = tfds_split(name, ds_cfg.train_split, data_dir, ds_cfg.download)
-    test, _ = tfds_split(name, ds_cfg.test_split, data_dir, ds_cfg.download)
+    loaded = [tfds_split(name, s, data_dir, ds_cfg.download) for s in names]
+    splits, num_classes = [s for s, _ in loaded], loaded[0][1]
   if ds_cfg.examples_per_class:
-    train = balanced_subset(train, ds_cfg.examples_per_class, num_classes, seed)
-  train = Split(adapt_images(train.images, ds_cfg.image_size), train.labels)
-  test = Split(adapt_images(test.images, ds_cfg.image_size), test.labels)
-  mean, std = channel_stats(train.images)
-  return Task(name, train, test, num_classes, mean, std)
+    splits[0] = balanced_subset(splits[0], ds_cfg.examples_per_class, num_classes, seed)
+  splits = [Split(adapt_images(s.images, ds_cfg.image_size), s.labels) for s in splits]
+  mean, std = channel_stats(splits[0].images)
+  return Task(name, splits[0], splits[1], num_classes, mean, std,
+              splits[2] if len(splits) > 2 else None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Modes:
   pretrain  train on the source dataset                         -> DIR/pretrain/
   scratch   train on the target dataset from random weights     -> DIR/scratch/
   transfer  start from the source model, new head, target data  -> DIR/transfer/
-  compare   scratch and transfer for every seed in config.seeds, sharing one pretraining,
-            then the report                                     -> DIR/{scratch,transfer}/seed_N/
+  compare   the study: scratch and every transfer arm (config.arms) at every label budget
+            (config.label_budgets) for every seed in config.seeds, sharing one pretraining,
+            then the report       -> DIR/scratch/seed_N/, DIR/transfer_<arm>/seed_N/, DIR/report/
   report    redraw DIR/report/ from the metrics on disk
 Rerunning a command on the same workdir resumes interrupted runs and reuses finished ones.
 Exit codes: 0 done; 2 a mistake the user can fix (one line on stderr, `--verbose` adds the
@@ -64,6 +65,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     rest = FLAGS(argv)
     FLAGS.config.keys()  # a config file that failed to load raises only when touched
     return rest
+  except UserError as e:  # from a config file's get_config (e.g. a bad FILE:ARG)
+    _fail(str(e))
   except flags.Error as e:
     _fail(f"{_first_line(e)} (see --helpshort)")
   except OSError as e:
@@ -118,147 +121,23 @@ def _setup_jax() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _source_variables(config, init: dict, target_task, placement) -> tuple[dict, dict]:
-  """The target's initial variables (the source checkpoint merged into a fresh init, on the
-  devices of `placement`) and `init` completed with the checkpoint and step they came from."""
-  from tlflax import checkpoint, train, transfer
-  restored, name = checkpoint.restore_variables(config.transfer.init_from or init["run"],
-                                                placement.replicated)
-  fresh = placement.replicate(train.init_variables(
-      config.model, target_task.num_classes, target_task.train.images.shape[1:], config.seed))
-  merged = transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name)
-  return merged, {**init, "checkpoint": name, "step": int(name.rsplit("/", 1)[1])}
-
-
-def _load_task(phase, config):
-  """The phase's dataset. Process 0 loads first, preparing it with tfds if needed, so several
-  processes never download into one data_dir at once; the others then read what it prepared."""
-  from tlflax import data, parallel
-  task = data.load_task(phase, config.data_dir, config.seed) if parallel.is_main_process() \
-      else None
-  parallel.sync(f"loaded {phase.dataset}")
-  return task if task is not None else data.load_task(phase, config.data_dir, config.seed)
-
-
-def ensure_pretrained(config, workdir: str, placement=None) -> str:
-  """DIR/pretrain, after pretraining there if no finished pretraining exists. A finished one is
-  reused only if its config agrees with today's `seed`, `model` and `source`; else `run_phase`
-  refuses it."""
-  from tlflax import rundir
-  run_dir = os.path.join(workdir, "pretrain")
-  if rundir.finished(run_dir) is None:
-    logging.info("no finished pretraining in %s: pretraining on %s first", run_dir,
-                 config.source.dataset)
-  run_phase("pretrain", config, workdir, placement=placement)
-  return run_dir
-
-
-def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
-              source: dict | None = None, placement=None) -> dict:
-  """Runs (or resumes, or reuses) one training run and returns its summary.
-
-  `source` (transfer only): the `rundir.source_identity` to start from, already trained (compare
-  passes it for every seed); by default it is derived from the config and `DIR/pretrain` is
-  trained first if needed. A start that fails before anything is trained leaves no folder.
-  """
-  from tlflax import parallel, rundir
-  placement = placement or parallel.Placement.create(config.parallel)
-  run_dir = run_dir or os.path.join(workdir, mode)
-  init = None
-  if mode == "transfer":
-    init = source or rundir.source_identity(config, workdir)
-    if source is None and not config.transfer.init_from:  # a stale pretraining: refuse now
-      rundir.refuse_if_changed(os.path.join(workdir, "pretrain"), "pretrain",
-                               rundir.record_of("pretrain", config))
-  created = rundir.open_run(run_dir, mode, config, init)
-  try:
-    return _train_in(run_dir, mode, config, workdir, init, source is None, placement)
-  except BaseException:
-    rundir.discard_untrained(created)
-    raise
-
-
-def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -> dict:
-  """The body of `run_phase`, in a run folder that `rundir.open_run` accepted."""
-  from tlflax import checkpoint, parallel, rundir, train
-  done = rundir.finished(run_dir)
-  if done is not None:
-    logging.info("[%s] %s is complete (test_accuracy %.4f): reusing it; move it away to retrain",
-                 mode, run_dir, done["final"]["test_accuracy"])
-    return done
-  phase = config.source if mode == "pretrain" else config.target
-  task = _load_task(phase, config)
-  variables = None
-  if mode == "transfer":
-    if checkpoint.steps_in(os.path.join(run_dir, "checkpoints")):
-      init = (rundir.read_json(os.path.join(run_dir, "config.json")) or {}).get("init", init)
-    else:
-      if pretrain_first and not config.transfer.init_from:
-        ensure_pretrained(config, workdir, placement)
-      variables, init = _source_variables(config, init, task, placement)
-      rundir.record_init(run_dir, init)
-  result = train.fit(phase, config.model, task, run_dir, config.seed, placement=placement,
-                     transfer_cfg=config.transfer if mode == "transfer" else None,
-                     variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),
-                     log_every_steps=config.log_every_steps,
-                     eval_every_epochs=config.eval_every_epochs, label=mode)
-  summary = {"mode": mode, "seed": config.seed, **result.summary}
-  if init is not None:
-    summary["init"] = init
-  if parallel.is_main_process():
-    rundir.write_json(os.path.join(run_dir, "summary.json"), summary)
-  parallel.sync(f"finished {run_dir}")  # every process sees the run as finished from here on
-  final = result.history[-1]
-  logging.info("[%s] done in %.1fs: test_accuracy %.4f, test_loss %.4f; wrote %s", mode,
-               result.summary["wall_s"], final["test_accuracy"], final["test_loss"], run_dir)
-  return summary
-
-
-def _write_report(workdir: str) -> str:
-  """The report, drawn by process 0 only (every process checks there is something to report)."""
-  from tlflax import parallel, report
-  out = os.path.join(workdir, "report")
-  summary = report.require_runs(workdir)
-  if parallel.is_main_process():
-    out = report.write_report(workdir, summary)
-    logging.info("report written to %s", out)
-  parallel.sync("report")
-  return out
-
-
-def run_compare(config, workdir: str, placement=None) -> str:
-  """Experiments A (scratch) and B (transfer) for every seed, sharing one pretraining; report."""
-  from tlflax import rundir
-  source = rundir.source_identity(config, workdir)
-  if not config.transfer.init_from:
-    ensure_pretrained(config, workdir, placement)
-  for seed in config.seeds:
-    seeded = config.copy_and_resolve_references()
-    with seeded.unlocked():
-      seeded.seed = int(seed)
-    for mode in ("scratch", "transfer"):
-      run_phase(mode, seeded, workdir, os.path.join(workdir, mode, f"seed_{seed}"),
-                source if mode == "transfer" else None, placement)
-  return _write_report(workdir)
-
-
 def run(mode: str, config, workdir: str):
   """Validates the config and dispatches to the mode."""
   from tlflax import config as config_lib
-  from tlflax import parallel
+  from tlflax import parallel, runner, study
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
   if mode == "report":
-    return _write_report(workdir)
+    return study.write_report(workdir)
   config_lib.validate(config)
-  if mode in ("transfer", "compare"):
-    from tlflax import models, train, transfer
-    shapes = train.variable_shapes(config.model, 2, (config.target.image_size,) * 2 + (3,))
-    transfer.check_rules(config.transfer, shapes["params"], models.num_stages(config.model.name))
+  if mode == "transfer":
+    study.check_arm_rules(config, arms=False)
+  elif mode == "compare":
+    study.check_arm_rules(config)
   placement = parallel.Placement.create(config.parallel)
   if mode == "compare":
-    return run_compare(config, workdir, placement)
-  return run_phase(mode, config, workdir, placement=placement)
+    return study.run_compare(config, workdir, placement)
+  return runner.run_phase(mode, config, workdir, placement=placement)
 
 
 def _start_devices() -> None:

@@ -8,8 +8,8 @@ import time
 
 from absl import logging
 
-_TB_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_top5",
-            "learning_rate", "img_per_s")
+_TB_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_top5", "val_loss",
+            "val_accuracy", "learning_rate", "img_per_s")
 
 
 class MetricsWriter:

@@ -1,7 +1,8 @@
 """Run folders: which config a folder belongs to, when it is reused, resumed or refused.
 
-A run folder `DIR/<mode>[/seed_N]` holds `config.json` (written when the run starts),
-`checkpoints/`, `metrics.jsonl`, TensorBoard events and, once finished, `summary.json`.
+A run folder (`DIR/<mode>`, or `DIR/<experiment>/seed_N` in a study) holds `config.json`
+(written when the run starts), `data_stats.json`, `checkpoints/`, `metrics.jsonl`, TensorBoard
+events and, once finished, `summary.json`.
 Rules:
 - A folder whose recorded config disagrees with today's on what decides its result (`RELEVANT`)
   is refused, unless nothing was trained in it yet.
@@ -22,8 +23,10 @@ from tlflax.errors import UserError
 # Which config blocks decide a run's result: a resumed or reused run must agree on them.
 RELEVANT = {"pretrain": ("seed", "model", "source"), "scratch": ("seed", "model", "target"),
             "transfer": ("seed", "model", "target", "transfer", "init.config_sha256")}
+# The statistics a run normalises its inputs with, written before it trains.
+STATS_FILE = "data_stats.json"
 # Entries of a run folder that say nothing was trained in it.
-_UNTRAINED = {"config.json", "config.json.tmp"}
+_UNTRAINED = {"config.json", "config.json.tmp", STATS_FILE, STATS_FILE + ".tmp"}
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -50,11 +53,14 @@ def config_hash(record: dict, mode: str) -> str:
   return hashlib.sha256(blob).hexdigest()
 
 
-def record_of(mode: str, config, init: dict | None = None) -> dict:
-  """What config.json holds for a `mode` run of `config`."""
+def record_of(mode: str, config, init: dict | None = None, study: dict | None = None) -> dict:
+  """What config.json holds for a `mode` run of `config` (`study`: where a study placed it, which
+  does not decide its result)."""
   out = {"mode": mode, **config.to_dict()}
   if init is not None:
     out["init"] = init
+  if study is not None:
+    out["study"] = study
   return out
 
 
@@ -102,13 +108,14 @@ def _refuse(run_dir: str, diff: list[str] | None) -> None:
                     "use another --workdir, or move that folder away to start over")
 
 
-def open_run(run_dir: str, mode: str, config, init: dict | None = None) -> list[str]:
+def open_run(run_dir: str, mode: str, config, init: dict | None = None,
+             study: dict | None = None) -> list[str]:
   """Creates the run folder and its config.json, or checks that an existing one agrees.
 
   Returns the folders this call created (for `discard_untrained`). Every process checks (so all
   refuse together); process 0 alone writes; all meet afterwards.
   """
-  current = record_of(mode, config, init)
+  current = record_of(mode, config, init, study)
   diff = _differences(run_dir, mode, current)
   _refuse(run_dir, diff)
   if diff is None and os.path.isdir(run_dir) and any(

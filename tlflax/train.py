@@ -116,21 +116,54 @@ class PhaseResult:
   summary: dict
 
 
-def evaluate(eval_fn: Callable, state: steps.TrainState, test_data: dict, rows,
-             num_batches: int) -> dict:
-  """Covers every test example exactly once: `num_batches` padded, masked batches of one fixed shape,
-  `eval_fn(variables, test_data, rows, i)` summing over batch i of the table `rows`."""
-  totals = None
+def evaluate(eval_fn: Callable, state: steps.TrainState, eval_data: dict, rows,
+             parts: int | dict) -> dict:
+  """Covers every evaluation example exactly once: padded, masked batches of one fixed shape,
+  `eval_fn(variables, eval_data, rows, i)` summing over batch i of the table `rows`.
+
+  `parts` maps a split name ('test', 'val') to its [first, last) batches of the table (an int n:
+  the test split alone, batches 0..n-1). Returns `{name}_loss`, `_accuracy`, `_top5`, `_count`.
+  """
+  parts = {"test": (0, parts)} if isinstance(parts, int) else parts
   variables = steps.eval_variables(state)
-  for i in range(num_batches):
-    sums = eval_fn(variables, test_data, rows, i)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = int(totals["count"])
-  return {"test_loss": float(totals["loss"]) / count,
-          "test_accuracy": float(totals["correct"]) / count,
-          "test_top5": float(totals["correct_top5"]) / count,
-          "test_count": count}
+  out = {}
+  for name, (first, last) in parts.items():
+    totals = None
+    for i in range(first, last):
+      sums = eval_fn(variables, eval_data, rows, i)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = int(totals["count"])
+    out.update({f"{name}_loss": float(totals["loss"]) / count,
+                f"{name}_accuracy": float(totals["correct"]) / count,
+                f"{name}_top5": float(totals["correct_top5"]) / count,
+                f"{name}_count": count})
+  return out
+
+
+def selection_key(history: list[dict]) -> str:
+  """The metric that picks a run's best epoch: val_accuracy when it was evaluated on a
+  validation split, else test_accuracy."""
+  return "val_accuracy" if history and "val_accuracy" in history[-1] else "test_accuracy"
+
+
+def best_record(history: list[dict]) -> dict | None:
+  """The record of the best epoch by `selection_key` (the earliest of equals)."""
+  if not history:
+    return None
+  key = selection_key(history)
+  return max(history, key=lambda r: (r[key], -r["epoch"]))
+
+
+def scheduled(phase, steps_per_epoch: int):
+  """`phase` with `epochs` raised so that training takes at least `min_steps` steps (a copy; the
+  phase itself when nothing changes)."""
+  epochs = max(phase.epochs, -(-phase.get("min_steps", 0) // steps_per_epoch))
+  if epochs == phase.epochs:
+    return phase
+  out = phase.copy_and_resolve_references()
+  out.epochs = epochs
+  return out
 
 
 @dataclasses.dataclass
@@ -204,13 +237,18 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
           f"lower batch_size or widen train_split")
   placement.check_batch(batch_size, "batch_size")
   steps_per_epoch = n_train // batch_size
+  asked_epochs, phase = phase.epochs, scheduled(phase, steps_per_epoch)
   checkpoint_cfg = checkpoint_cfg or {}
   schedule = learning_rate_schedule(phase, steps_per_epoch)
   progress = Progress(label, phase.epochs, steps_per_epoch, batch_size, log_every_steps,
                       quiet=not main)
+  if phase.epochs != asked_epochs:
+    progress.note(f"{n_train} training examples make {steps_per_epoch} steps/epoch: "
+                  f"{phase.epochs} epochs instead of {asked_epochs}, for min_steps="
+                  f"{phase.min_steps}")
 
   # --- Data on the devices: a full copy on each; each device builds its part of a batch -------
-  train_data, test_data, eval_rows, eval_steps = place_data(placement, task,
+  train_data, test_data, eval_rows, eval_parts = place_data(placement, task,
                                                              phase.eval_batch_size)
 
   # --- Fresh state, or the latest checkpoint of this run ----------------------------------------
@@ -343,7 +381,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                   "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
                   **evaluate(setup.eval_fn, state,
                              cache.test(state) if setup.features else test_data, eval_rows,
-                             eval_steps),
+                             eval_parts),
                   "learning_rate": float(schedule(int(state.step) - 1)),
                   "epoch_s": epoch_s,
                   "img_per_s": (steps_per_epoch - first) * batch_size / epoch_s,
@@ -351,25 +389,32 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
         if writer is not None:
           writer.write(record)
         history.append(record)
+        val = (f" val_acc {record['val_accuracy']:.4f}" if "val_accuracy" in record else "")
         progress.note(f"epoch {epoch + 1}: train_loss {train_loss:.4f} test_loss "
                       f"{record['test_loss']:.4f} test_acc {record['test_accuracy']:.4f} "
-                      f"top5 {record['test_top5']:.4f} ({record['img_per_s']:.0f} img/s)")
+                      f"top5 {record['test_top5']:.4f}{val} ({record['img_per_s']:.0f} img/s)")
       if (epoch + 1) % ckpt_every == 0 or last:
         save(epoch + 1, 0, steps.zero_metrics(),
-             metrics={"test_accuracy": record["test_accuracy"]} if record else None)
+             metrics={k: record[k] for k in ("test_accuracy", "val_accuracy") if k in record}
+             if record else None)
   finally:
     ckpts.close()
     if writer is not None:
       writer.close()
   summary = {"dataset": task.name, "num_classes": task.num_classes, "train_examples": n_train,
-             "test_examples": len(task.test), "params": count_params(state.params),
+             "test_examples": len(task.test),
+             "val_examples": len(task.val) if task.val is not None else 0,
+             "epochs": phase.epochs, "steps_per_epoch": steps_per_epoch,
+             "params": count_params(state.params),
              **placement.describe(),
              "dtype": dtype,
              **elapsed(), "features_s": cache.seconds,
              "resumed_from_epoch": at.epoch if restored is not None else 0,
              "resumed_from_step": resumed_step if restored is not None else 0,
              "mean": task.mean.tolist(), "std": task.std.tolist(),
-             "final": history[-1] if history else None}
+             "final": history[-1] if history else None,
+             "selected_on": selection_key(history).split("_")[0],
+             "best": best_record(history)}
   return PhaseResult(state, base_model, history, summary)
 
 
@@ -484,15 +529,22 @@ def compile_steps(setup: _Setup, placement, phase, state, train_data, rows, cach
 
 
 def place_data(placement, task: data_lib.Task, eval_batch_size: int):
-  """The train and test splits replicated on every device, and the table of evaluation batches
-  (the test split padded to whole batches of a multiple of the device count)."""
+  """The train split replicated on every device; the evaluation splits (test, then val if any)
+  likewise, each padded to whole batches of one size (a multiple of the device count); the table
+  of evaluation batches, and each split's [first, last) batches in it (see `evaluate`)."""
   train_data = placement.replicate(data_lib.device_data(task.train, task.mean, task.std))
-  eval_bs = placement.round_up(min(eval_batch_size, len(task.test)))
-  test = data_lib.pad_for_eval(task.test, eval_bs)
-  test_data = placement.replicate(data_lib.device_data(test, task.mean, task.std))
-  eval_steps = len(test) // eval_bs
-  eval_rows = placement.rows(np.arange(len(test), dtype=np.int32).reshape(eval_steps, eval_bs))
-  return train_data, test_data, eval_rows, eval_steps
+  splits = {"test": task.test, **({"val": task.val} if task.val is not None else {})}
+  eval_bs = placement.round_up(min(eval_batch_size, max(len(s) for s in splits.values())))
+  padded = {name: data_lib.pad_for_eval(s, eval_bs) for name, s in splits.items()}
+  joined = data_lib.Split(np.concatenate([s.images for s in padded.values()]),
+                          np.concatenate([s.labels for s in padded.values()]))
+  eval_data = placement.replicate(data_lib.device_data(joined, task.mean, task.std))
+  parts, first = {}, 0
+  for name, s in padded.items():
+    parts[name] = (first, first + len(s) // eval_bs)
+    first = parts[name][1]
+  eval_rows = placement.rows(np.arange(len(joined), dtype=np.int32).reshape(first, eval_bs))
+  return train_data, eval_data, eval_rows, parts
 
 
 def _train_epoch(step_fn, state, train_data, rows, epoch, steps_per_epoch, progress, first=0,

@@ -1,0 +1,133 @@
+"""One run in its folder: reused when finished, resumed when interrupted, else trained.
+
+`run_phase` is what every mode comes down to (the study runs it once per experiment and seed).
+A transfer run starts from its source run (`DIR/pretrain` unless `transfer.init_from` names
+another), trained first if needed, and by default sees its inputs normalised with the source's
+statistics (`transfer.normalize='source'`), as the transferred network was trained to see them.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+from absl import logging
+
+from tlflax.errors import UserError
+
+
+def _source_variables(config, init: dict, target_task, placement) -> tuple[dict, dict]:
+  """The target's initial variables (the source checkpoint merged into a fresh init, on the
+  devices of `placement`) and `init` completed with the checkpoint and step they came from."""
+  from tlflax import checkpoint, train, transfer
+  restored, name = checkpoint.restore_variables(config.transfer.init_from or init["run"],
+                                                placement.replicated)
+  fresh = placement.replicate(train.init_variables(
+      config.model, target_task.num_classes, target_task.train.images.shape[1:], config.seed))
+  merged = transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name)
+  return merged, {**init, "checkpoint": name, "step": int(name.rsplit("/", 1)[1])}
+
+
+def source_stats(source_run: str) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) the source run normalised its inputs with, from its data_stats.json (or its
+  summary.json)."""
+  from tlflax import rundir
+  for name in (rundir.STATS_FILE, "summary.json"):
+    record = rundir.read_json(os.path.join(source_run, name)) or {}
+    if "mean" in record and "std" in record:
+      return np.asarray(record["mean"], np.float32), np.asarray(record["std"], np.float32)
+  raise UserError(f"{source_run} records no input statistics ({rundir.STATS_FILE}) to normalise the "
+                  "transfer run with: set --config.transfer.normalize=target")
+
+
+def _load_task(phase, config):
+  """The phase's dataset. Process 0 loads first, preparing it with tfds if needed, so several
+  processes never download into one data_dir at once; the others then read what it prepared."""
+  from tlflax import data, parallel
+  task = data.load_task(phase, config.data_dir, config.seed) if parallel.is_main_process() \
+      else None
+  parallel.sync(f"loaded {phase.dataset}")
+  return task if task is not None else data.load_task(phase, config.data_dir, config.seed)
+
+
+def ensure_pretrained(config, workdir: str, placement=None) -> str:
+  """DIR/pretrain, after pretraining there if no finished pretraining exists. A finished one is
+  reused only if its config agrees with today's `seed`, `model` and `source`; else `run_phase`
+  refuses it."""
+  from tlflax import rundir
+  run_dir = os.path.join(workdir, "pretrain")
+  if rundir.finished(run_dir) is None:
+    logging.info("no finished pretraining in %s: pretraining on %s first", run_dir,
+                 config.source.dataset)
+  run_phase("pretrain", config, workdir, placement=placement)
+  return run_dir
+
+
+def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
+              source: dict | None = None, placement=None, study: dict | None = None) -> dict:
+  """Runs (or resumes, or reuses) one training run and returns its summary.
+
+  `source` (transfer only): the `rundir.source_identity` to start from, already trained (the
+  study passes it for every run); by default it is derived from the config and `DIR/pretrain` is
+  trained first if needed. `study`: where the run sits in a study (experiment, arm, budget),
+  recorded in its config.json for the report. A start that fails before anything is trained
+  leaves no folder.
+  """
+  from tlflax import parallel, rundir
+  placement = placement or parallel.Placement.create(config.parallel)
+  run_dir = run_dir or os.path.join(workdir, mode)
+  init = None
+  if mode == "transfer":
+    init = source or rundir.source_identity(config, workdir)
+    if source is None and not config.transfer.init_from:  # a stale pretraining: refuse now
+      rundir.refuse_if_changed(os.path.join(workdir, "pretrain"), "pretrain",
+                               rundir.record_of("pretrain", config))
+  created = rundir.open_run(run_dir, mode, config, init, study)
+  try:
+    return _train_in(run_dir, mode, config, workdir, init, source is None, placement)
+  except BaseException:
+    rundir.discard_untrained(created)
+    raise
+
+
+def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -> dict:
+  """The body of `run_phase`, in a run folder that `rundir.open_run` accepted."""
+  from tlflax import checkpoint, parallel, rundir, train
+  done = rundir.finished(run_dir)
+  if done is not None:
+    logging.info("[%s] %s is complete (test_accuracy %.4f): reusing it; move it away to retrain",
+                 mode, run_dir, done["final"]["test_accuracy"])
+    return done
+  phase = config.source if mode == "pretrain" else config.target
+  task = _load_task(phase, config)
+  variables = None
+  if mode == "transfer":
+    if checkpoint.steps_in(os.path.join(run_dir, "checkpoints")):
+      init = (rundir.read_json(os.path.join(run_dir, "config.json")) or {}).get("init", init)
+    else:
+      if pretrain_first and not config.transfer.init_from:
+        ensure_pretrained(config, workdir, placement)
+      variables, init = _source_variables(config, init, task, placement)
+      rundir.record_init(run_dir, init)
+    if config.transfer.normalize == "source":
+      mean, std = source_stats(init["run"])
+      task = dataclasses.replace(task, mean=mean, std=std)
+  if parallel.is_main_process():
+    rundir.write_json(os.path.join(run_dir, rundir.STATS_FILE), {
+        "mean": task.mean.tolist(), "std": task.std.tolist(),
+        "from": init["run"] if mode == "transfer" and config.transfer.normalize == "source"
+        else f"{task.name} training split"})
+  result = train.fit(phase, config.model, task, run_dir, config.seed, placement=placement,
+                     transfer_cfg=config.transfer if mode == "transfer" else None,
+                     variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),
+                     log_every_steps=config.log_every_steps,
+                     eval_every_epochs=config.eval_every_epochs, label=mode)
+  summary = {"mode": mode, "seed": config.seed, **result.summary}
+  if init is not None:
+    summary["init"] = init
+  if parallel.is_main_process():
+    rundir.write_json(os.path.join(run_dir, "summary.json"), summary)
+  parallel.sync(f"finished {run_dir}")  # every process sees the run as finished from here on
+  final = result.history[-1]
+  logging.info("[%s] done in %.1fs: test_accuracy %.4f, test_loss %.4f; wrote %s", mode,
+               result.summary["wall_s"], final["test_accuracy"], final["test_loss"], run_dir)
+  return summary

@@ -1,0 +1,101 @@
+"""The study (`--mode=compare`): scratch and every transfer arm, at every label budget, for every
+seed, all from one pretraining; then the report.
+
+Every (experiment, seed) is a run folder of its own, `DIR/<experiment>/seed_<N>`, named
+  scratch[_<B>shot]            from random weights
+  transfer_<arm>[_<B>shot]     from the pretraining, with `config.arms[arm]` applied to
+                               `config.transfer`
+where B is the label budget (examples per class; no suffix: all of them). A rerun reuses every
+finished folder and resumes an interrupted one, so adding an arm, a budget or a seed to a config
+trains only what is new.
+"""
+
+import dataclasses
+import os
+
+from absl import logging
+
+from tlflax import config as config_lib
+from tlflax import runner
+from tlflax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """One line of the study: scratch or a transfer arm, at one label budget."""
+
+  mode: str  # 'scratch' | 'transfer'
+  arm: str | None  # the transfer arm (None for scratch)
+  budget: int  # examples per class of the target's training split; 0: all
+
+  @property
+  def name(self) -> str:
+    base = "scratch" if self.mode == "scratch" else f"transfer_{self.arm}"
+    return base + (f"_{self.budget}shot" if self.budget else "")
+
+  def config(self, config, seed: int):
+    """The config of this experiment's run for `seed`."""
+    out = config_lib.with_budget(config, self.budget)
+    if self.mode == "transfer":
+      out = config_lib.with_arm(out, self.arm)
+    out.seed = int(seed)
+    return out
+
+  def run_dir(self, workdir: str, seed: int) -> str:
+    return os.path.join(workdir, self.name, f"seed_{seed}")
+
+  def record(self) -> dict:
+    """What the run's config.json says of its place in the study (read by the report)."""
+    return {"experiment": self.name, "arm": self.arm, "budget": self.budget}
+
+
+def experiments(config) -> list[Experiment]:
+  """Scratch and every arm, for every label budget, in config order."""
+  return [Experiment(mode, arm, budget)
+          for budget in config_lib.budgets(config)
+          for mode, arm in [("scratch", None)] + [("transfer", a)
+                                                  for a in config_lib.arm_names(config)]]
+
+
+def check_arm_rules(config, arms: bool = True) -> None:
+  """The transfer rules of every arm (`arms=False`: of `config.transfer` alone) against the
+  model's parameter paths, before anything trains."""
+  from tlflax import models, train, transfer
+  shapes = train.variable_shapes(config.model, 2, (config.target.image_size,) * 2 + (3,))
+  blocks = ({f"config.arms.{arm}": config_lib.with_arm(config, arm).transfer
+             for arm in config_lib.arm_names(config)} if arms else {"": config.transfer})
+  for where, block in blocks.items():
+    try:
+      transfer.check_rules(block, shapes["params"], models.num_stages(config.model.name))
+    except UserError as e:
+      if not where:
+        raise
+      raise UserError(f"in {where}: {e}") from e
+
+
+def run_compare(config, workdir: str, placement=None) -> str:
+  """The whole study on `workdir`, then its report; returns the report folder."""
+  from tlflax import rundir
+  todo = experiments(config)
+  logging.info("study: %d experiment(s) x %d seed(s): %s", len(todo), len(config.seeds),
+               ", ".join(e.name for e in todo))
+  source = rundir.source_identity(config, workdir)
+  if not config.transfer.init_from:
+    runner.ensure_pretrained(config, workdir, placement)
+  for seed in config.seeds:
+    for exp in todo:
+      runner.run_phase(exp.mode, exp.config(config, seed), workdir, exp.run_dir(workdir, seed),
+                       source if exp.mode == "transfer" else None, placement, exp.record())
+  return write_report(workdir)
+
+
+def write_report(workdir: str) -> str:
+  """The report, drawn by process 0 only (every process checks there is something to report)."""
+  from tlflax import parallel, report
+  out = os.path.join(workdir, "report")
+  summary = report.require_runs(workdir)
+  if parallel.is_main_process():
+    out = report.write_report(workdir, summary)
+    logging.info("report written to %s", out)
+  parallel.sync("report")
+  return out
