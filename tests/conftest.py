@@ -169,3 +169,16 @@ def tiny_scratch(tmp_path_factory):
   result = run_cli(TINY_ARGS + [f"--workdir={workdir}"], workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result.stderr
+
+
+# pytest-xdist (--dist loadfile) hands test files to idle workers in collection order. The files
+# that run longest go first, so no worker is left with a long file after the others finish.
+LONGEST_FIRST = ("test_study.py", "test_parallel.py", "test_faults.py", "test_main.py",
+                 "test_checkpoint.py")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+  items.sort(key=rank)  # stable: tests keep their order within a file

@@ -35,7 +35,7 @@ def _check_run(run_dir, mode, chance, test_count, stderr, epochs=3):
   assert records[-1]["step"] == epochs * (2048 // 64)
   assert records[-1]["test_count"] == test_count
   assert records[-1]["test_accuracy"] > 3 * chance  # it learns something in a few epochs
-  assert records[-1]["train_loss"] < records[0]["train_loss"]
+  assert epochs == 1 or records[-1]["train_loss"] < records[0]["train_loss"]
   tb = _event_scalars(run_dir, "test_accuracy")
   assert [(s, round(v, 5)) for s, v in tb] == [
       (r["step"], round(r["test_accuracy"], 5)) for r in records]

@@ -40,7 +40,7 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
   labels.png and time.png; --mode=transfer then reuses the pretraining; a stale one is refused."""
   work = tmp_path / "work"
   common = [f"--workdir={work}", "--config.seeds=(1,)", "--config.label_budgets=(5,0)",
-            "--config.source.epochs=2", "--config.target.epochs=2",
+            "--config.source.epochs=1", "--config.target.epochs=2",
             "--config.target.min_steps=21"]  # 5 per class: 7 steps/epoch -> 3 epochs
   one_arm = _config_file(tmp_path, '{"full": {}}')
   result = run_cli(["--mode=compare", f"--config={one_arm}"] + common, tmp_path)
@@ -97,12 +97,12 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
       any(v in line for v in ("**holds**", "**does not hold**", "**cannot be judged**"))
       for line in verdicts)
   assert "`probe`: {\"freeze\": \"backbone\"}" in md
-  _check_run(work / "pretrain", "pretrain", 0.1, 500, result.stderr, epochs=2)
+  _check_run(work / "pretrain", "pretrain", 0.1, 500, result.stderr, epochs=1)
   _check_run(work / "scratch" / "seed_1", "scratch", 0.01, 1000, result.stderr, epochs=2)
 
   # --mode=transfer on the same workdir reuses the pretraining and honours freeze.
   args = ["--mode=transfer", "--config=configs/smoke.py", f"--workdir={work}",
-          "--config.source.epochs=2", "--config.target.epochs=1",
+          "--config.source.epochs=1", "--config.target.epochs=1",
           "--config.transfer.freeze=stages:3"]
   result = run_cli(args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -116,16 +116,16 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
   from tlflax import rundir
   init = config["init"]
   pre_config = json.loads((work / "pretrain" / "config.json").read_text())
-  assert init["run"] == str(work / "pretrain") and init["step"] == 2 * 2048 // 64
+  assert init["run"] == str(work / "pretrain") and init["step"] == 2048 // 64
   assert init["checkpoint"] == f"{work}/pretrain/checkpoints/{init['step']}"
   assert init["config_sha256"] == rundir.config_hash(pre_config, "pretrain")
   assert _summary(work / "transfer")["init"] == init
   # A pretraining of another source config is never reused: refused before anything runs.
   before = sorted(str(p) for p in work.rglob("*"))
-  stale = run_cli(args + ["--config.source.epochs=1", "--config.source.learning_rate=0.2"],
+  stale = run_cli(args + ["--config.source.epochs=2", "--config.source.learning_rate=0.2"],
                   tmp_path)
   assert stale.returncode == 2
-  assert f"{work}/pretrain holds a run with another config (source.epochs: 2 -> 1; " \
+  assert f"{work}/pretrain holds a run with another config (source.epochs: 1 -> 2; " \
          "source.learning_rate: 0.05 -> 0.2)" in stale.stderr
   assert sorted(str(p) for p in work.rglob("*")) == before
   # The report redraws from disk, the single --mode=transfer run as an experiment of its own.
