@@ -40,7 +40,7 @@ PHASE = phase_config("synthetic10", 2, train_split="train[:128]", test_split="te
 TINY = {"model.name": "resnet10", "model.width": 4, "target.dataset": "synthetic10", "target.train_split": "train[:64]",
         "target.test_split": "test[:40]", "target.image_size": 16, "target.epochs": 2,
         "target.batch_size": 32, "target.eval_batch_size": 20, "target.learning_rate": 0.002,
-        "target.warmup_epochs": 0.0, "checkpoint.keep": 3}
+        "target.warmup_epochs": 0.0, "target.val_split": "train[64:104]", "checkpoint.keep": 3}
 
 
 def tiny_config():

@@ -58,6 +58,17 @@ def test_a_single_run_of_another_seed_joins_the_compare_seeds(tmp_path):
       str(tmp_path / "scratch"), str(tmp_path / "scratch" / "seed_0")]
 
 
+def test_a_single_run_on_a_label_budget_is_an_experiment_of_its_own(tmp_path):
+  _run(tmp_path / "scratch", 5, [0.1, 0.2])
+  _run(tmp_path / "scratch" / "seed_0", 0, [0.3, 0.4])
+  config = json.loads((tmp_path / "scratch" / "config.json").read_text())
+  (tmp_path / "scratch" / "config.json").write_text(json.dumps(
+      {**config, "target": {"examples_per_class": 25}}))
+  experiments = report.summarize(str(tmp_path))["experiments"]
+  assert {name: (e["budget"], e["seeds"]) for name, e in experiments.items()} == {
+      "scratch": (0, [0]), "scratch_25shot": (25, [5])}
+
+
 def test_validation_selects_the_epoch_and_the_test_accuracy_is_read_there(tmp_path):
   # Test accuracy peaks at epoch 3, validation accuracy at epoch 2 (seed 0) and 1 (seed 1).
   _run(tmp_path / "scratch" / "seed_0", 0, [0.1, 0.3, 0.5, 0.2], val=[0.2, 0.6, 0.4, 0.1])

@@ -79,7 +79,7 @@ def test_default_config_transfer_runs_on_prepared_cifar(tfds_data, tmp_path):
             "--config.model.width=4"]
   for phase in ("source", "target"):
     shrink += [f"--config.{phase}.{k}" for k in (
-        "epochs=1", "batch_size=20", "eval_batch_size=16", "warmup_epochs=0.0",
+        "epochs=1", "min_steps=0", "batch_size=20", "eval_batch_size=16", "warmup_epochs=0.0",
         "download=False")]
   result = run_cli(["--mode=transfer", "--config=configs/cifar10_to_cifar100.py",
                     f"--workdir={tmp_path}", *shrink], tmp_path)

@@ -78,7 +78,9 @@ def _groups(workdir: str) -> dict[str, _Group]:
       config = _read(os.path.join(run_dir, "config.json"))
       if config.get("mode") not in ("scratch", "transfer") or not read_metrics(run_dir):
         continue
-      name = (config.get("study") or {}).get("experiment") or os.path.basename(base)
+      budget = int((config.get("target") or {}).get("examples_per_class") or 0)
+      name = (config.get("study") or {}).get("experiment") or (
+          os.path.basename(base) + (f"_{budget}shot" if budget else ""))  # as a study names it
       found.append((name, run_dir != base, run_dir, config))
   groups: dict[str, _Group] = {}
   for name, _, run_dir, config in sorted(found, key=lambda f: not f[1]):  # seeded ones first
