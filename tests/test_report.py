@@ -148,3 +148,17 @@ def test_the_claims_cannot_be_judged_on_runs_too_short(tmp_path):
                       ("cannot be judged", None)]
   assert "ran only 3 of 25 epochs" in claims[0]["evidence"]
   assert "scratch ran only 3 of 30 epochs" in claims[1]["evidence"]
+
+
+def test_no_evaluation_in_the_claims_window_cannot_be_judged(tmp_path):
+  # Evaluated every 40 epochs: nothing inside the first 25 / 30 epochs to compare.
+  for exp, mode in (("scratch", "scratch"), ("transfer_full", "transfer")):
+    run_dir = tmp_path / exp / "seed_0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({
+        "mode": mode, "seed": 0, "study": {"experiment": exp, "arm": "full", "budget": 0}}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(
+        {"epoch": e, "test_accuracy": 0.1, "test_loss": 2.0, "train_loss": 2.0}) + "\n"
+        for e in (40, 80)))
+  claims = report.summarize(str(tmp_path))["claims"]
+  assert claims[1]["verdict"] == "cannot be judged" and "eval_every_epochs" in claims[1]["evidence"]

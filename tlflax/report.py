@@ -213,6 +213,10 @@ def _claim_loss(es, loss_s, et, loss_t) -> dict:
 
 def _claim_accuracy(es, acc_s, et, acc_t) -> dict:
   window = [i for i, e in enumerate(es) if e <= SCRATCH_EPOCHS]
+  if not window or et[0] > WITHIN_EPOCHS:
+    return _verdict(2, UNKNOWN, None, f"scratch has no evaluation in its first {SCRATCH_EPOCHS} "
+                    f"epochs or transfer none in its first {WITHIN_EPOCHS} (see "
+                    "eval_every_epochs)")
   i = max(window, key=lambda k: acc_s[k])
   bar = f"scratch's best mean test accuracy in its first {SCRATCH_EPOCHS} epochs " \
         f"({acc_s[i]:.4f}, epoch {es[i]})"
