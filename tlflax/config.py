@@ -4,7 +4,7 @@ import re
 
 import ml_collections
 
-from tlflax.errors import UserError
+from tlflax.errors import UserError, within
 
 
 def phase_config(dataset: str, epochs: int, **overrides) -> ml_collections.ConfigDict:
@@ -207,7 +207,7 @@ def _validate_study(config) -> None:
     if not _ARM_NAME.match(arm):
       raise UserError(f"config.arms has an arm named {arm!r}: use letters, digits, '.' and '-' "
                       "(it names a run folder)")
-    _validate_transfer(with_arm(config, arm), f"config.arms.{arm}")
+    _validate_transfer(with_arm(config, arm), arm)
   for budget in config.label_budgets:
     if not isinstance(budget, int) or budget < 0:
       raise UserError(f"config.label_budgets holds {budget!r}: use examples per class as "
@@ -216,16 +216,14 @@ def _validate_study(config) -> None:
     raise UserError(f"config.label_budgets {tuple(config.label_budgets)} repeats a budget")
 
 
-def _validate_transfer(config, where: str = "config.transfer") -> None:
-  """Checks the transfer block's shapes; regexes are checked against real parameter paths later."""
+def _validate_transfer(config, arm: str | None = None) -> None:
+  """Checks the transfer block's shapes (of an arm: its errors say so); regexes are checked
+  against real parameter paths later."""
   t = config.transfer
-  try:
+  with within(arm and f"config.arms.{arm}"):
     _check_transfer(t, config.model.name)
-  except UserError as e:
-    if where == "config.transfer":
-      raise
-    raise UserError(f"in {where}: {e}") from e
   if t.normalize not in ("source", "target"):
+    where = f"config.arms.{arm}" if arm else "config.transfer"
     raise UserError(f"{where}.normalize must be 'source' or 'target', got {t.normalize!r}")
 
 

@@ -1,5 +1,7 @@
 """The one exception type for mistakes a user can fix (bad flag, missing data, ...)."""
 
+import contextlib
+
 
 class UserError(Exception):
   """A problem the user caused and can fix; the CLI prints it as one line and exits 2.
@@ -13,6 +15,17 @@ def require(condition: bool, message: str) -> None:
   """Raises `UserError(message)` unless `condition` holds."""
   if not condition:
     raise UserError(message)
+
+
+@contextlib.contextmanager
+def within(where: str | None):
+  """A `UserError` raised inside says where: 'in WHERE: ...' (`where` None: unchanged)."""
+  try:
+    yield
+  except UserError as e:
+    if where is None:
+      raise
+    raise UserError(f"in {where}: {e}") from e
 
 
 class Stopped(Exception):

@@ -45,6 +45,20 @@ class MetricsWriter:
     self._tb.close()
 
 
+def selection_key(history: list[dict]) -> str:
+  """The metric that picks a run's best epoch: val_accuracy when it was evaluated on a
+  validation split, else test_accuracy."""
+  return "val_accuracy" if history and "val_accuracy" in history[-1] else "test_accuracy"
+
+
+def best_record(history: list[dict], key: str | None = None) -> dict | None:
+  """The record of the best epoch by `key` (default `selection_key`), the earliest of equals."""
+  if not history:
+    return None
+  key = key or selection_key(history)
+  return max(history, key=lambda r: (r[key], -r["epoch"]))
+
+
 def write_event(run_dir: str, event: dict) -> None:
   """Appends an event (`{"event": "diverged", ...}`) to metrics.jsonl; readers of the per-epoch
   records skip it."""

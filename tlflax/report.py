@@ -21,7 +21,8 @@ import os
 import numpy as np
 
 from tlflax.errors import UserError
-from tlflax.monitor import read_metrics
+from tlflax.monitor import best_record, read_metrics
+from tlflax.rundir import read_json
 
 # The study's claims, and the epochs they name.
 WITHIN_EPOCHS = 25  # claims 1 and 2: transfer gets there within this many epochs
@@ -49,13 +50,6 @@ CURVE_KEYS = ("test_loss", "test_accuracy", "train_loss", "val_loss", "val_accur
 # ------------------------------------------------------------------------------------------------
 
 
-def _read(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
 @dataclasses.dataclass
 class _Group:
   """The runs of one experiment (one per seed)."""
@@ -72,23 +66,20 @@ class _Group:
 def _groups(workdir: str) -> dict[str, _Group]:
   """Every experiment with metrics in `workdir`. A seed counts once per experiment: a seed_N
   folder wins over a single-mode run folder of the same seed."""
-  found = []  # (experiment, seeded, run_dir, config)
+  found = []  # (experiment, seeded, run_dir, config, budget)
   for base in sorted(glob.glob(os.path.join(workdir, "*"))):
     for run_dir in [base] + sorted(glob.glob(os.path.join(base, "seed_*"))):
-      config = _read(os.path.join(run_dir, "config.json"))
+      config = read_json(os.path.join(run_dir, "config.json")) or {}
       if config.get("mode") not in ("scratch", "transfer") or not read_metrics(run_dir):
         continue
       budget = int((config.get("target") or {}).get("examples_per_class") or 0)
       name = (config.get("study") or {}).get("experiment") or (
           os.path.basename(base) + (f"_{budget}shot" if budget else ""))  # as a study names it
-      found.append((name, run_dir != base, run_dir, config))
+      found.append((name, run_dir != base, run_dir, config, budget))
   groups: dict[str, _Group] = {}
-  for name, _, run_dir, config in sorted(found, key=lambda f: not f[1]):  # seeded ones first
-    study = config.get("study") or {}
-    arm = study.get("arm") if config["mode"] == "transfer" else None
-    g = groups.setdefault(name, _Group(
-        name, config["mode"], arm, int(study.get("budget", (config.get("target") or {}).get(
-            "examples_per_class", 0) or 0))))
+  for name, _, run_dir, config, budget in sorted(found, key=lambda f: not f[1]):  # seeded first
+    arm = (config.get("study") or {}).get("arm") if config["mode"] == "transfer" else None
+    g = groups.setdefault(name, _Group(name, config["mode"], arm, budget))
     arms = list((config.get("arms") or {}).keys())
     g.arm_order = arms.index(arm) if arm in arms else len(arms)
     if config.get("seed") in g.seeds:
@@ -101,6 +92,12 @@ def _groups(workdir: str) -> dict[str, _Group]:
 
 def _budget_rank(budget: int) -> float:
   return -math.inf if budget == 0 else -budget  # all labels first, then larger budgets first
+
+
+def _main_budget(experiments: dict) -> list[dict]:
+  """The experiments at the largest label budget (all labels, if any ran on all)."""
+  budget = min((e["budget"] for e in experiments.values()), key=_budget_rank)
+  return [e for e in experiments.values() if e["budget"] == budget]
 
 
 def find_runs(workdir: str, experiment: str) -> list[str]:
@@ -131,14 +128,14 @@ def _experiment(workdir: str, g: _Group) -> dict | None:
     return None
   rows = [[r[e] for e in epochs] for r in records]  # [seed][epoch] records
   select = "val" if all("val_accuracy" in x for row in rows for x in row) else "test"
+  best = [best_record(row, f"{select}_accuracy") for row in rows]
   curves = {}
   for key in CURVE_KEYS:
     if all(key in x for row in rows for x in row):
       values = np.array([[x[key] for x in row] for row in rows], dtype=float)
       curves[key] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist()}
-  best = [max(row, key=lambda x: (x[f"{select}_accuracy"], -x["epoch"])) for row in rows]
   lowest = [min(row, key=lambda x: (x["test_loss"], x["epoch"])) for row in rows]
-  summaries = [_read(os.path.join(d, "summary.json")) for d in g.runs]
+  summaries = [read_json(os.path.join(d, "summary.json")) or {} for d in g.runs]
   per_class = [s["train_examples"] / s["num_classes"] for s in summaries
                if s.get("train_examples") and s.get("num_classes")]
   out = {
@@ -165,8 +162,7 @@ def _study_pair(experiments: dict) -> tuple[dict | None, dict | None]:
   ('full', or a single --mode=transfer run, else the first arm)."""
   if not experiments:
     return None, None
-  budget = min((e["budget"] for e in experiments.values()), key=_budget_rank)
-  at = [e for e in experiments.values() if e["budget"] == budget]
+  at = _main_budget(experiments)
   scratch = next((e for e in at if e["mode"] == "scratch"), None)
   transfers = [e for e in at if e["mode"] == "transfer"]
   transfer = next((e for e in transfers if e["arm"] == "full"), None) or next(
@@ -273,7 +269,7 @@ def summarize(workdir: str) -> dict:
   out["claims_on"] = {"scratch": scratch and scratch["name"],
                       "transfer": transfer and transfer["name"]}
   out["claims"] = judge_claims(scratch, transfer)
-  pretrain = _read(os.path.join(workdir, "pretrain", "summary.json"))
+  pretrain = read_json(os.path.join(workdir, "pretrain", "summary.json"))
   if pretrain:
     out["pretrain"] = {"dataset": pretrain.get("dataset"), "wall_s": pretrain.get("wall_s"),
                        "final_test_accuracy": (pretrain.get("final") or {}).get("test_accuracy")}
@@ -302,9 +298,8 @@ def _colours(experiments: dict) -> dict[str, str]:
   return out
 
 
-def _label(e: dict) -> str:
-  seeds = len(e["seeds"])
-  return f"{e['name']} ({seeds} seed{'s' * (seeds > 1)})"
+def _label(name: str, seeds: list) -> str:
+  return f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
 
 
 def _figure():
@@ -325,18 +320,13 @@ def _save(plt, fig, ax, xlabel: str, ylabel: str, path: str) -> None:
   plt.close(fig)
 
 
-def _main_budget(experiments: dict) -> list[dict]:
-  budget = min((e["budget"] for e in experiments.values()), key=_budget_rank)
-  return [e for e in experiments.values() if e["budget"] == budget]
-
-
 def _plot_curves(summary: dict, key: str, ylabel: str, path: str) -> None:
   import matplotlib.ticker
   plt, (fig, ax) = _figure()
   colours = _colours(summary["experiments"])
   for e in _main_budget(summary["experiments"]):
     mean, std = (np.array(e["curves"][key][k]) for k in ("mean", "std"))
-    ax.plot(e["epochs"], mean, color=colours[e["name"]], label=_label(e))
+    ax.plot(e["epochs"], mean, color=colours[e["name"]], label=_label(e["name"], e["seeds"]))
     if len(e["seeds"]) > 1:
       ax.fill_between(e["epochs"], mean - std, mean + std, color=colours[e["name"]], alpha=0.2,
                       linewidth=0)
@@ -353,7 +343,7 @@ def _plot_time(summary: dict, path: str) -> None:
     if "wall_s" not in e["curves"]:
       continue
     offset = shift if e["mode"] == "transfer" else 0.0
-    label = _label(e) + (f", + {offset:.0f} s pretraining" if offset else "")
+    label = _label(e["name"], e["seeds"]) + (f", + {offset:.0f} s pretraining" if offset else "")
     ax.plot(np.array(e["curves"]["wall_s"]["mean"]) + offset,
             e["curves"]["test_accuracy"]["mean"], color=colours[e["name"]], label=label,
             marker=".")
@@ -383,8 +373,7 @@ def _plot_labels(summary: dict, path: str) -> None:
     mean = np.array([e["best"]["test_accuracy"]["mean"] for e in line])
     std = np.array([e["best"]["test_accuracy"]["std"] for e in line])
     colour = colours[line[0]["name"]]
-    seeds = len(line[0]["seeds"])
-    ax.plot(x, mean, color=colour, marker="o", label=f"{name} ({seeds} seed{'s' * (seeds > 1)})")
+    ax.plot(x, mean, color=colour, marker="o", label=_label(name, line[0]["seeds"]))
     ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
     ticks.update(x.tolist())
   ax.set_xscale("log")
@@ -477,7 +466,7 @@ def _arms(workdir: str, summary: dict) -> dict:
   out = {}
   for e in summary["experiments"].values():
     if e["mode"] == "transfer" and e["arm"] and e["arm"] not in out:
-      config = _read(os.path.join(workdir, e["runs"][0], "config.json"))
+      config = read_json(os.path.join(workdir, e["runs"][0], "config.json")) or {}
       out[e["arm"]] = (config.get("arms") or {}).get(e["arm"], {})
   return out
 

@@ -99,7 +99,7 @@ def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -
     return done
   phase = config.source if mode == "pretrain" else config.target
   task = _load_task(phase, config)
-  variables = None
+  variables, stats_from = None, f"{task.name} training split"
   if mode == "transfer":
     if checkpoint.steps_in(os.path.join(run_dir, "checkpoints")):
       init = (rundir.read_json(os.path.join(run_dir, "config.json")) or {}).get("init", init)
@@ -110,12 +110,10 @@ def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -
       rundir.record_init(run_dir, init)
     if config.transfer.normalize == "source":
       mean, std = source_stats(init["run"])
-      task = dataclasses.replace(task, mean=mean, std=std)
+      task, stats_from = dataclasses.replace(task, mean=mean, std=std), init["run"]
   if parallel.is_main_process():
     rundir.write_json(os.path.join(run_dir, rundir.STATS_FILE), {
-        "mean": task.mean.tolist(), "std": task.std.tolist(),
-        "from": init["run"] if mode == "transfer" and config.transfer.normalize == "source"
-        else f"{task.name} training split"})
+        "mean": task.mean.tolist(), "std": task.std.tolist(), "from": stats_from})
   result = train.fit(phase, config.model, task, run_dir, config.seed, placement=placement,
                      transfer_cfg=config.transfer if mode == "transfer" else None,
                      variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),

@@ -17,7 +17,7 @@ from absl import logging
 
 from tlflax import config as config_lib
 from tlflax import runner
-from tlflax.errors import UserError
+from tlflax.errors import within
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +63,10 @@ def check_arm_rules(config, arms: bool = True) -> None:
   from tlflax import models, train, transfer
   shapes = train.variable_shapes(config.model, 2, (config.target.image_size,) * 2 + (3,))
   blocks = ({f"config.arms.{arm}": config_lib.with_arm(config, arm).transfer
-             for arm in config_lib.arm_names(config)} if arms else {"": config.transfer})
+             for arm in config_lib.arm_names(config)} if arms else {None: config.transfer})
   for where, block in blocks.items():
-    try:
+    with within(where):
       transfer.check_rules(block, shapes["params"], models.num_stages(config.model.name))
-    except UserError as e:
-      if not where:
-        raise
-      raise UserError(f"in {where}: {e}") from e
 
 
 def run_compare(config, workdir: str, placement=None) -> str:

@@ -117,14 +117,13 @@ class PhaseResult:
 
 
 def evaluate(eval_fn: Callable, state: steps.TrainState, eval_data: dict, rows,
-             parts: int | dict) -> dict:
+             parts: dict) -> dict:
   """Covers every evaluation example exactly once: padded, masked batches of one fixed shape,
   `eval_fn(variables, eval_data, rows, i)` summing over batch i of the table `rows`.
 
-  `parts` maps a split name ('test', 'val') to its [first, last) batches of the table (an int n:
-  the test split alone, batches 0..n-1). Returns `{name}_loss`, `_accuracy`, `_top5`, `_count`.
+  `parts` maps a split name ('test', 'val') to its [first, last) batches of the table (see
+  `place_data`). Returns `{name}_loss`, `_accuracy`, `_top5`, `_count` for each.
   """
-  parts = {"test": (0, parts)} if isinstance(parts, int) else parts
   variables = steps.eval_variables(state)
   out = {}
   for name, (first, last) in parts.items():
@@ -139,20 +138,6 @@ def evaluate(eval_fn: Callable, state: steps.TrainState, eval_data: dict, rows,
                 f"{name}_top5": float(totals["correct_top5"]) / count,
                 f"{name}_count": count})
   return out
-
-
-def selection_key(history: list[dict]) -> str:
-  """The metric that picks a run's best epoch: val_accuracy when it was evaluated on a
-  validation split, else test_accuracy."""
-  return "val_accuracy" if history and "val_accuracy" in history[-1] else "test_accuracy"
-
-
-def best_record(history: list[dict]) -> dict | None:
-  """The record of the best epoch by `selection_key` (the earliest of equals)."""
-  if not history:
-    return None
-  key = selection_key(history)
-  return max(history, key=lambda r: (r[key], -r["epoch"]))
 
 
 def scheduled(phase, steps_per_epoch: int):
@@ -413,8 +398,8 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
              "resumed_from_step": resumed_step if restored is not None else 0,
              "mean": task.mean.tolist(), "std": task.std.tolist(),
              "final": history[-1] if history else None,
-             "selected_on": selection_key(history).split("_")[0],
-             "best": best_record(history)}
+             "selected_on": monitor.selection_key(history).split("_")[0],
+             "best": monitor.best_record(history)}
   return PhaseResult(state, base_model, history, summary)
 
 
