@@ -115,8 +115,8 @@ def tfds_data(tmp_path_factory):
   Only the download step is replaced: it hands tfds our archive instead of fetching the URL;
   tfds itself extracts it and parses the binary records.
   """
-  from tlflax import data as data_lib
-  tfds = data_lib._import_tfds()
+  from tlflax import sources
+  tfds = sources.import_tfds()
   import promise
   from etils import epath
   from tensorflow_datasets.core.download import download_manager

@@ -1,5 +1,10 @@
-"""Config building blocks shared by the files in `configs/`, and their validation."""
+"""Config building blocks shared by the files in `configs/`, their validation, the named configs
+shipped with the package, and the meaning of every key (`--mode=config`)."""
 
+import difflib
+import importlib.util
+import os
+import pathlib
 import re
 
 import ml_collections
@@ -18,6 +23,9 @@ def phase_config(dataset: str, epochs: int, **overrides) -> ml_collections.Confi
       "val_split": "",
       "examples_per_class": 0,  # 0: every example; N: a balanced, seeded subset of N per class
       "image_size": 32,
+      # how images of another size become image_size x image_size: 'squash' (resize both sides)
+      # or 'center_crop' (resize the short side, then crop the middle)
+      "resize": "squash",
       "download": True,  # let tfds download when the dataset is not prepared in data_dir
       "epochs": epochs,
       # at least this many training steps: a small training set (a label budget) trains for
@@ -77,6 +85,16 @@ def base_config() -> ml_collections.ConfigDict:
   # () runs target.examples_per_class alone
   config.label_budgets = ()
   config.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
+  config.data = ml_collections.ConfigDict({
+      # 'auto': a split lives on the devices when it fits device_budget_gb, else it streams
+      # from host memory batch by batch; 'device' or 'stream' force one path
+      "pipeline": "auto",
+      "device_budget_gb": 0.0,  # 0: a quarter of the smallest device's memory
+      # decoded splits larger than this go to a memory-mapped file in spill_dir, not RAM
+      "host_budget_gb": 0.0,  # 0: half of the memory available when the run starts
+      "spill_dir": "",  # '' : the system's temporary folder
+      "prefetch": 2,  # streamed batches prepared ahead of the step that uses them
+  })
   # dtype 'auto': bfloat16 compute on GPU/TPU, float32 on CPU; params and BN stats stay float32.
   # conv 'auto': weight gradients as GEMMs on the CPU (conv.py), XLA's own on GPU/TPU.
   config.model = ml_collections.ConfigDict(
@@ -154,6 +172,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"image_size ({phase.image_size})")
     if phase.grad_clip_norm < 0:
       raise UserError(f"config.{name}.grad_clip_norm must be >= 0, got {phase.grad_clip_norm}")
+    if phase.resize not in RESIZE:
+      raise UserError(f"config.{name}.resize must be one of {', '.join(RESIZE)}, got "
+                      f"{phase.resize!r}")
+  _validate_data(config.data)
   if config.checkpoint.keep < 1 or config.checkpoint.every_epochs < 1:
     raise UserError("config.checkpoint.keep and config.checkpoint.every_epochs must be >= 1")
   if config.checkpoint.every_steps < 0:
@@ -163,6 +185,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_study(config)
   if config.log_every_steps <= 0 or config.eval_every_epochs <= 0:
     raise UserError("config.log_every_steps and config.eval_every_epochs must be positive")
+
+
+RESIZE = ("squash", "center_crop")
+PIPELINES = ("auto", "device", "stream")
+
+
+def _validate_data(d) -> None:
+  if d.pipeline not in PIPELINES:
+    raise UserError(f"config.data.pipeline must be one of {', '.join(PIPELINES)}, got "
+                    f"{d.pipeline!r}")
+  for key in ("device_budget_gb", "host_budget_gb"):
+    if d[key] < 0:
+      raise UserError(f"config.data.{key} must be >= 0 (0: automatic), got {d[key]}")
+  if d.prefetch < 1:
+    raise UserError(f"config.data.prefetch must be >= 1, got {d.prefetch}")
 
 
 _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
@@ -246,3 +283,150 @@ def _check_transfer(t, model_name: str) -> None:
                       f"got {entry!r}")
   if isinstance(t.reinit, str):
     raise UserError("config.transfer.reinit is a tuple of regexes, e.g. \"('^head/',)\"")
+
+
+# ------------------------------------------------------------------------------------------------
+# Named configs and the meaning of every key
+# ------------------------------------------------------------------------------------------------
+
+
+def configs_dir() -> pathlib.Path:
+  """The folder of the configs shipped with tlflax: the installed `tlflax.configs` package, or
+  `configs/` next to `tlflax/` in a checkout that was not installed."""
+  try:
+    spec = importlib.util.find_spec("tlflax.configs")
+  except ImportError:
+    spec = None
+  if spec is not None and spec.submodule_search_locations:
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+  return pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def named_configs() -> list[str]:
+  """Names of the shipped configs (`--config=NAME`)."""
+  return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def config_path(value: str) -> str:
+  """`--config`'s value as the file absl loads: NAME[:ARG] of a shipped config, or a path
+  (FILE[:ARG]) used as given. A name that is neither says which names exist."""
+  file, sep, arg = value.partition(":")
+  if os.path.exists(file) or file.endswith(".py") or os.sep in file:
+    return value
+  path = configs_dir() / f"{file}.py"
+  if not path.exists():
+    names = named_configs()
+    close = difflib.get_close_matches(file, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UserError(f"no config named {file!r}{hint}: use one of {', '.join(names)}, or the "
+                    "path of a config file")
+  return f"{path}{sep}{arg}"
+
+
+_PHASE_HELP = {
+    "dataset": "tfds name, 'synthetic10'/'synthetic100', or 'folder:/path' (one sub-folder a class)",
+    "train_split": "split trained on: a tfds split string, e.g. 'train' or 'train[:90%]'",
+    "test_split": "split the test figures come from",
+    "val_split": "held-out split that selects the best epoch ('': none, select on test)",
+    "examples_per_class": "a balanced, seeded subset of N training examples per class (0: all)",
+    "image_size": "side in pixels that every image is resized to",
+    "resize": "'squash' (both sides to image_size) or 'center_crop' (short side, then crop)",
+    "download": "let tfds download and prepare the dataset when data_dir lacks it",
+    "epochs": "epochs to train",
+    "min_steps": "train at least this many steps (more epochs for small training sets)",
+    "batch_size": "global training batch, split over every device",
+    "eval_batch_size": "global evaluation batch",
+    "learning_rate": "peak learning rate of the warm-up + cosine schedule",
+    "weight_decay": "L2 weight decay added to the gradient (as PyTorch's SGD)",
+    "momentum": "SGD momentum (0: plain SGD)",
+    "nesterov": "nesterov momentum",
+    "warmup_epochs": "epochs of linear warm-up from 0 to learning_rate",
+    "label_smoothing": "label smoothing of the training loss",
+    "grad_clip_norm": "global-norm clipping of trainable gradients (0: none)",
+    "crop_padding": "random crop after zero padding by this many pixels (0: no crop)",
+    "flip": "random horizontal flips",
+}
+
+KEY_HELP = {
+    "seed": "seed of a single run (init, data order, augmentation)",
+    "seeds": "seeds of --mode=compare, one run folder each",
+    "arms": "--mode=compare: named overrides of config.transfer, one experiment each",
+    "label_budgets": "--mode=compare: examples per class of the target, one study each (0: all)",
+    "data_dir": "tfds data folder (None: tfds's default, ~/tensorflow_datasets)",
+    "data.pipeline": "'auto' (on the devices when it fits), 'device', or 'stream' from the host",
+    "data.device_budget_gb": "device memory the datasets may take (0: a quarter of it)",
+    "data.host_budget_gb": "RAM a decoded split may take, else a memory-mapped file (0: half)",
+    "data.spill_dir": "folder of those memory-mapped files ('': the system's temporary folder)",
+    "data.prefetch": "streamed batches prepared ahead of the step that uses them",
+    "model.name": "network: resnet18, resnet10, resnet34",
+    "model.width": "channels of the first stage (64 is the standard ResNet)",
+    "model.dtype": "compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16",
+    "model.conv": "convolution weight gradients: 'auto', 'xla', or 'gemm' (CPU)",
+    "parallel": "how per-shard steps run over devices: 'shard_map' or 'pmap' (one process)",
+    "transfer.init_from": "run folder or checkpoint to start from ('': DIR/pretrain)",
+    "transfer.reinit": "regexes of parameters re-initialised instead of loaded (the head)",
+    "transfer.freeze": "'none', 'backbone', 'stages:N', or a tuple of regexes of frozen params",
+    "transfer.frozen_bn": "frozen BatchNorms use 'running' averages or 'adapt' to batch stats",
+    "transfer.lr_mult": "((regex, factor), ...): learning-rate factors by parameter path",
+    "transfer.layer_decay": "stage k below the head trains at lr * layer_decay**k",
+    "transfer.unfreeze": "((epoch, policy), ...): gradual unfreezing",
+    "transfer.cache_features": "linear probe on cached features: 'fixed', 'augmented', 'off'",
+    "transfer.normalize": "input statistics: the 'source' run's or the 'target' split's",
+    "checkpoint.keep": "latest checkpoints kept",
+    "checkpoint.keep_best": "also keep the best one (by val_accuracy, else test_accuracy)",
+    "checkpoint.every_epochs": "checkpoint every N epochs",
+    "checkpoint.every_steps": "also checkpoint every N steps inside epochs (0: never)",
+    "checkpoint.async_save": "write checkpoints in the background",
+    "log_every_steps": "progress line and TensorBoard training scalars every N steps",
+    "eval_every_epochs": "evaluate every N epochs (and after the last)",
+    **{f"{phase}.{key}": f"{phase}: {text}" for phase in ("source", "target")
+       for key, text in _PHASE_HELP.items()},
+}
+
+
+def flat_keys(config) -> dict:
+  """{'a.b': value} of every leaf of a config (an arm's overrides are leaves of `arms.NAME`)."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      for sub, leaf in flat_keys(value).items():
+        out[f"{key}.{sub}"] = leaf
+    else:
+      out[key] = value
+  return out
+
+
+def key_help(key: str) -> str:
+  """The one-line meaning of a flat key ('' if it has none)."""
+  if key in KEY_HELP:
+    return KEY_HELP[key]
+  if key.startswith("arms."):
+    parts = key.split(".")
+    if len(parts) == 3:
+      return f"arm {parts[1]}: {KEY_HELP.get('transfer.' + parts[2], 'transfer override')}"
+  return ""
+
+
+def describe(config) -> str:
+  """Every key of `config` with its value and meaning, one a line (`--mode=config`)."""
+  rows = [(key, repr(value)) for key, value in flat_keys(config).items()]
+  width = max(len(k) for k, _ in rows)
+  vwidth = min(max(len(v) for _, v in rows), 28)
+  lines = []
+  for key, value in rows:
+    meaning = key_help(key)
+    lines.append(f"{key:<{width}}  {value:<{vwidth}}  {'# ' + meaning if meaning else ''}".rstrip())
+  return "\n".join(lines)
+
+
+def closest_keys(config, key: str, n: int = 3) -> list[str]:
+  """The existing flat keys nearest to a misspelt `key` (by whole path, then by its last part)."""
+  keys = list(flat_keys(config))
+  close = difflib.get_close_matches(key, keys, n=n, cutoff=0.75)
+  if len(close) < n:
+    last = key.rsplit(".", 1)[-1]
+    by_last = {k: k.rsplit(".", 1)[-1] for k in keys}
+    for k, tail in by_last.items():
+      if k not in close and difflib.SequenceMatcher(None, last, tail).ratio() >= 0.75:
+        close.append(k)
+  return close[:n]

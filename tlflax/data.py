@@ -6,17 +6,15 @@ flips and normalises its own part of every batch inside the jitted step, so a tr
 no host work and no host-to-device copy beyond the epoch's table of example indices.
 """
 
-import contextlib
 import dataclasses
 import functools
-import os
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tlflax.errors import UserError, require
+from tlflax import sources
+from tlflax.errors import require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,33 +40,15 @@ class Task:
   mean: np.ndarray  # (3,), in [0, 1] units
   std: np.ndarray
   val: Split | None = None  # held out for model selection (phase.val_split), if any
+  class_names: tuple[str, ...] = ()  # label i's name, where the dataset has names
 
 
 # ------------------------------------------------------------------------------------------------
 # Split strings
 # ------------------------------------------------------------------------------------------------
 
-_SPLIT_RE = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
-
-
 def _slice_bounds(split: str, sizes: dict[str, int]) -> tuple[str, int, int]:
-  """Parses 'train', 'test[:500]', 'train[10%:]' against the base split sizes."""
-  m = _SPLIT_RE.match(split.replace(" ", ""))
-  if not m or m.group(1) not in sizes:
-    raise UserError(f"bad split {split!r} for a synthetic dataset: use one of {sorted(sizes)} "
-                    "optionally sliced, e.g. 'train[:2000]' or 'test[50%:]'")
-  base, lo, hi = m.groups()
-  n = sizes[base]
-
-  def bound(text, default):
-    if text is None:
-      return default
-    value = round(n * int(text[:-1]) / 100) if text.endswith("%") else int(text)
-    return min(max(value + n if value < 0 else value, 0), n)
-
-  start, stop = bound(lo, 0), bound(hi, n)
-  require(stop > start, f"split {split!r} is empty: widen the slice")
-  return base, start, stop
+  return sources.slice_bounds(split, sizes, "a synthetic dataset")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,92 +138,6 @@ def synthetic_split(name: str, split: str, seed: int = 0) -> Split:
 
 
 # ------------------------------------------------------------------------------------------------
-# tfds datasets
-# ------------------------------------------------------------------------------------------------
-
-
-def _import_tfds():
-  """Imports tfds with TensorFlow kept off every GPU, so it never takes memory from JAX."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  try:
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
-  except ImportError:
-    pass  # reading prepared data works without TensorFlow for some formats
-  except RuntimeError:
-    pass  # TF already initialised its devices in this process; nothing left to hide
-  import tensorflow_datasets as tfds
-  return tfds
-
-
-@contextlib.contextmanager
-def _few_download_retries(retries: int = 4):
-  """tfds retries a failed download 10 times with exponential backoff (~3.5 minutes offline);
-  4 retries (~3 s of backoff) still ride out a blip but let an offline machine fail fast."""
-  from tensorflow_datasets.core.download import downloader
-  saved = downloader.MAX_RETRIES
-  downloader.MAX_RETRIES = retries
-  try:
-    yield
-  finally:
-    downloader.MAX_RETRIES = saved
-
-
-def _prepare_hint(name: str, data_dir: str) -> str:
-  return (f"prepare it on a machine with network access (`tfds build {name} --data_dir=DIR`) "
-          f"and copy DIR/{name} into {data_dir}")
-
-
-def tfds_builder(name: str, data_dir: str | None, download: bool = True):
-  """Returns a prepared tfds builder, downloading and preparing it if allowed and possible."""
-  tfds = _import_tfds()
-  data_dir = os.path.expanduser(data_dir) if data_dir else tfds.core.constants.DATA_DIR
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # DatasetNotFoundError and friends: one line, no traceback
-    raise UserError(f"tfds dataset {name!r} is unknown and not prepared in {data_dir}: "
-                    f"check the name, or {_prepare_hint(name, data_dir)}") from e
-  if not builder.is_prepared():
-    if not download:
-      raise UserError(f"tfds dataset {name!r} is not prepared in {data_dir}: "
-                      + _prepare_hint(name, data_dir))
-    try:
-      with _few_download_retries():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except Exception as e:
-      reason = " ".join(str(e).split(" (Caused by")[0].split())[:200]
-      raise UserError(f"tfds dataset {name!r} is not prepared in {data_dir} and could not be "
-                      f"downloaded ({type(e).__name__}: {reason}); "
-                      + _prepare_hint(name, data_dir)) from e
-  features = builder.info.features
-  require("image" in features and "label" in features,
-          f"tfds dataset {name!r} has features {sorted(features)}; tlflax needs 'image' and "
-          "'label': choose an image-classification dataset")
-  return builder
-
-
-def tfds_split(name: str, split: str, data_dir: str | None, download: bool = True) -> tuple[Split, int]:
-  """Loads a whole tfds split into host memory; returns it and the number of classes."""
-  builder = tfds_builder(name, data_dir, download)
-  tfds = _import_tfds()
-  try:
-    ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
-  except Exception as e:
-    raise UserError(f"bad split {split!r} for tfds dataset {name!r} (splits: "
-                    f"{sorted(builder.info.splits)}): use a tfds split string such as "
-                    "'train' or 'train[:10%]'") from e
-  arrays = tfds.as_numpy(ds)
-  images = np.asarray(arrays["image"])
-  if images.ndim == 3:
-    images = images[..., None]
-  require(images.dtype == np.uint8 and images.ndim == 4,
-          f"tfds dataset {name!r} has images of dtype {images.dtype} and shape {images.shape[1:]}; "
-          "tlflax needs uint8 HxWxC images of one fixed size")
-  return Split(images, np.asarray(arrays["label"], np.int32)), builder.info.features["label"].num_classes
-
-
-# ------------------------------------------------------------------------------------------------
 # Adapting and normalising
 # ------------------------------------------------------------------------------------------------
 
@@ -292,24 +186,35 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean.astype(np.float32), std.astype(np.float32)
 
 
-def load_task(ds_cfg, data_dir: str | None, seed: int) -> Task:
+def load_task(ds_cfg, data_dir: str | None, seed: int, data_cfg=None) -> Task:
   """Loads and adapts the train, test and (if named) validation splits a phase config names
-  (`source` or `target`). `examples_per_class` subsets the training split only."""
+  (`source` or `target`). `examples_per_class` subsets the training split only. `data_cfg`
+  (config.data) sets the host budget above which a decoded split is memory-mapped."""
   name = ds_cfg.dataset
   names = [ds_cfg.train_split, ds_cfg.test_split] + ([ds_cfg.val_split] if ds_cfg.val_split
                                                      else [])
+  class_names = ()
   if name in SYNTHETIC:
     splits = [synthetic_split(name, s) for s in names]
     num_classes = SYNTHETIC[name]
+    splits = [Split(adapt_images(s.images, ds_cfg.image_size), s.labels) for s in splits]
   else:
-    loaded = [tfds_split(name, s, data_dir, ds_cfg.download) for s in names]
-    splits, num_classes = [s for s, _ in loaded], loaded[0][1]
+    host = {"image_size": ds_cfg.image_size, "resize": ds_cfg.get("resize", "squash"),
+            "host_budget_gb": data_cfg.host_budget_gb if data_cfg else 0.0,
+            "spill_dir": data_cfg.spill_dir if data_cfg else ""}
+    if name.startswith(sources.FOLDER_PREFIX):
+      root = name[len(sources.FOLDER_PREFIX):]
+      loaded = [sources.folder_split(root, s, **host) for s in names]
+    else:
+      loaded = [sources.tfds_split(name, s, data_dir, download=ds_cfg.download, **host)
+                for s in names]
+    splits = [Split(x.images, x.labels) for x in loaded]
+    num_classes, class_names = loaded[0].num_classes, loaded[0].class_names
   if ds_cfg.examples_per_class:
     splits[0] = balanced_subset(splits[0], ds_cfg.examples_per_class, num_classes, seed)
-  splits = [Split(adapt_images(s.images, ds_cfg.image_size), s.labels) for s in splits]
   mean, std = channel_stats(splits[0].images)
   return Task(name, splits[0], splits[1], num_classes, mean, std,
-              splits[2] if len(splits) > 2 else None)
+              splits[2] if len(splits) > 2 else None, class_names)
 
 
 # ------------------------------------------------------------------------------------------------

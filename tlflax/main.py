@@ -1,4 +1,8 @@
-"""Command line: `python -m tlflax.main --mode=MODE --config=PATH --workdir=DIR [--config.KEY=V]`.
+"""Command line: `tlflax --mode=MODE --config=NAME|FILE --workdir=DIR [--config.KEY=VALUE ...]`
+(or `python -m tlflax.main ...`).
+
+--config is the name of a shipped config (smoke, cifar10_to_cifar100, cifar10_to_cifar100_arms;
+NAME:val holds out 10% of each training split) or the path of your own config file.
 
 Modes:
   pretrain  train on the source dataset                         -> DIR/pretrain/
@@ -8,6 +12,7 @@ Modes:
             (config.label_budgets) for every seed in config.seeds, sharing one pretraining,
             then the report       -> DIR/scratch/seed_N/, DIR/transfer_<arm>/seed_N/, DIR/report/
   report    redraw DIR/report/ from the metrics on disk
+  config    print every config key (after the overrides) with its value and meaning, and exit
 Rerunning a command on the same workdir resumes interrupted runs and reuses finished ones.
 Exit codes: 0 done; 2 a mistake the user can fix (one line on stderr, `--verbose` adds the
 traceback); 3 diverged (non-finite loss); 130 / 143 interrupted by SIGINT / SIGTERM after saving a
@@ -18,19 +23,20 @@ each: `--distributed` on a Cloud TPU VM or under SLURM, or `--coordinator=HOST:P
 --num_processes=N --process_id=I`; process 0 writes the metrics, summaries and report.
 """
 
+import importlib.util
 import logging as logging_std
 import os
-import pathlib
 import sys
 import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tlflax import config as config_lib
 from tlflax.errors import DIVERGED, Stopped, UserError
 
-MODES = ("pretrain", "scratch", "transfer", "compare", "report")
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "cifar10_to_cifar100.py"
+MODES = ("pretrain", "scratch", "transfer", "compare", "report", "config")
+DEFAULT_CONFIG = config_lib.configs_dir() / "cifar10_to_cifar100.py"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "compare", f"What to run: one of {', '.join(MODES)}.")
@@ -45,8 +51,10 @@ flags.DEFINE_bool("verbose", False, "On an error, show the full traceback too (f
 try:
   # Without --config, config_flags loads the default and applies --config.KEY overrides from
   # sys.argv right here, at definition; keep that error for _parse_flags to report in one line.
-  config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Experiment config file.",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", str(DEFAULT_CONFIG), "A shipped config's name (smoke, cifar10_to_cifar100, "
+      "cifar10_to_cifar100_arms; NAME:val holds out validation) or a config file's path; "
+      "--config.KEY=VALUE overrides a key (--mode=config lists them).", lock_config=True)
   _DEFINE_ERROR = None
 except (OSError, AttributeError, KeyError) as e:
   _DEFINE_ERROR = e
@@ -60,6 +68,7 @@ def _fail(message: str) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad flag or config ends in one line and exit 2, not a usage dump."""
   try:
+    argv = _named_config(argv)
     if _DEFINE_ERROR is not None:
       raise _DEFINE_ERROR
     rest = FLAGS(argv)
@@ -72,22 +81,59 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except OSError as e:
     reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
     _fail(f"cannot load config file {_config_path(argv)} ({reason}): "
-          "pass an existing file, e.g. --config=configs/smoke.py")
+          "pass an existing file or a shipped config's name, e.g. --config=smoke")
   except (AttributeError, KeyError) as e:
     if "get_config" in str(e):
       _fail(f"config file {_config_path(argv)} defines no get_config(): "
-            "pass a tlflax config file, e.g. --config=configs/smoke.py")
-    message = _message(e)
-    hint = next((line.strip().rstrip("'") for line in message.splitlines()[1:] if "did you mean" in
-                 line.lower()), "")
-    _fail(f"unknown config key {_first_line(e)} in a --config.KEY=VALUE override"
-          f"{' (' + hint + ')' if hint else ''}: use a key that the config file defines")
+            "pass a tlflax config file or a shipped config's name, e.g. --config=smoke")
+    _fail(_unknown_key(e, argv))
   return []
 
 
+def _named_config(argv: list[str]) -> list[str]:
+  """argv with `--config=NAME[:ARG]` (or `--config NAME`) replaced by the shipped file's path."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + config_lib.config_path(arg.split("=", 1)[1])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = config_lib.config_path(out[i + 1])
+  return out
+
+
 def _config_path(argv: list[str]) -> str:
-  return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
-              str(DEFAULT_CONFIG))
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return str(DEFAULT_CONFIG)
+
+
+def _load_config(value: str):
+  """The config a `--config` value names, without overrides (None if it does not load)."""
+  file, _, arg = value.partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_tlflax_config", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:  # noqa: BLE001 - only used to name close keys in an error
+    return None
+
+
+def _unknown_key(e: BaseException, argv: list[str]) -> str:
+  """One line for a --config.KEY=VALUE override of a key the config lacks, naming the
+  closest existing keys."""
+  config = _load_config(_config_path(argv))
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  keys = config_lib.flat_keys(config) if config is not None else {}
+  bad = next((k for k in overrides if k not in keys
+              and not any(f.startswith(k + ".") for f in keys)), _first_line(e))
+  close = config_lib.closest_keys(config, bad) if config is not None else []
+  hint = f" (closest: {', '.join(close)})" if close else ""
+  return (f"unknown config key {bad} in --config.{bad}=...{hint}: use a key the config "
+          "defines (--mode=config lists them)")
 
 
 def _message(e: BaseException) -> str:
@@ -123,13 +169,15 @@ def _setup_jax() -> None:
 
 def run(mode: str, config, workdir: str):
   """Validates the config and dispatches to the mode."""
-  from tlflax import config as config_lib
   from tlflax import parallel, runner, study
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
   if mode == "report":
     return study.write_report(workdir)
   config_lib.validate(config)
+  if mode == "config":
+    print(config_lib.describe(config), flush=True)
+    return None
   if mode == "transfer":
     study.check_arm_rules(config, arms=False)
   elif mode == "compare":
@@ -161,6 +209,9 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   _setup_jax()
   try:
+    if FLAGS.mode == "config":  # no devices, no distributed runtime: only the config
+      run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+      return
     _start_devices()
     from tlflax import parallel, preemption
     preemption.install(parallel.describe()["processes"])
@@ -182,7 +233,16 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-  """Console-script entry point (`tlflax ...`), same as `python -m tlflax.main`."""
+  """Console-script entry point (`tlflax ...`), same as `python -m tlflax.main`.
+
+  absl's --help/--helpshort show the flags and docstring of the module that `sys.argv[0]` names;
+  under the console script that is the `tlflax` script, so this module lends it both.
+  """
+  if __name__ != "__main__":
+    script = sys.argv[0]
+    for flag in FLAGS.get_key_flags_for_module(__name__):
+      FLAGS.register_key_flag_for_module(script, flag)
+    sys.modules["__main__"].__doc__ = __doc__
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -12,23 +12,48 @@ _TB_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_
             "val_accuracy", "learning_rate", "img_per_s")
 
 
-class MetricsWriter:
-  """Appends one JSON object per evaluation to `metrics.jsonl` and mirrors it to TensorBoard.
+_STEP_FILE = "train_steps.jsonl"
+# What TensorBoard's HParams view compares runs on.
+HPARAM_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "train_loss")
 
-  `history` (a resumed run's records up to its checkpoint): TensorBoard's event files are written
-  afresh from it, so the scalars of epochs that were rolled back do not show twice.
+
+class MetricsWriter:
+  """Appends one JSON object per evaluation to `metrics.jsonl`, the training scalars of every
+  `log_every_steps` window to `train_steps.jsonl`, and mirrors both to TensorBoard (tensorboardX:
+  event files without importing TensorFlow into the training process), with the run's
+  hyperparameters for the HParams view.
+
+  `history` (a resumed run's records up to its checkpoint, at global step `resumed_step`):
+  TensorBoard's event files are written afresh from the two files, cut at the checkpoint, so the
+  scalars of steps that were rolled back do not show twice.
   """
 
-  def __init__(self, run_dir: str, history: list[dict] | None = None):
-    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+  def __init__(self, run_dir: str, history: list[dict] | None = None, resumed_step: int = 0,
+               hparams: dict | None = None):
+    from tensorboardX import SummaryWriter
     os.makedirs(run_dir, exist_ok=True)
     self.path = os.path.join(run_dir, "metrics.jsonl")
+    self.step_path = os.path.join(run_dir, _STEP_FILE)
+    step_records = []
     if history is not None:
       for old in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
-        os.remove(old)  # derived from metrics.jsonl, rewritten below
+        os.remove(old)  # derived from the two files, rewritten below
+      step_records = [r for r in _read_jsonl(self.step_path) if r["step"] <= resumed_step]
+    _write_jsonl(self.step_path, step_records)
     self._tb = SummaryWriter(run_dir, flush_secs=30)
+    if hparams:
+      self._hparams(hparams)
     for record in history or ():
       self._scalars(record)
+    for record in step_records:
+      self._step_scalars(record)
+
+  def _hparams(self, hparams: dict) -> None:
+    from tensorboardX.summary import hparams as hparams_summary
+    values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+              for k, v in hparams.items()}
+    for summary in hparams_summary(values, {k: 0.0 for k in HPARAM_METRICS}):
+      self._tb._get_file_writer().add_summary(summary)
 
   def write(self, record: dict) -> None:
     with open(self.path, "a") as f:
@@ -36,13 +61,43 @@ class MetricsWriter:
     self._scalars(record)
     self._tb.flush()
 
+  def write_step(self, record: dict) -> None:
+    """One `log_every_steps` window: {'step', 'train_loss', 'train_accuracy', 'learning_rate',
+    'img_per_s'} (means over the window) -> train_steps.jsonl and TensorBoard's `step/` tags."""
+    with open(self.step_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    self._step_scalars(record)
+
   def _scalars(self, record: dict) -> None:
     for key in _TB_KEYS:
       if key in record:
         self._tb.add_scalar(key, record[key], record["step"])
 
+  def _step_scalars(self, record: dict) -> None:
+    for key, value in record.items():
+      if key != "step":
+        self._tb.add_scalar(f"step/{key}", value, record["step"])
+
   def close(self) -> None:
     self._tb.close()
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_jsonl(path: str, records: list[dict]) -> None:
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  os.replace(path + ".tmp", path)
+
+
+def read_steps(run_dir: str) -> list[dict]:
+  """The per-window training scalars of a run (`train_steps.jsonl`)."""
+  return _read_jsonl(os.path.join(run_dir, _STEP_FILE))
 
 
 def selection_key(history: list[dict]) -> str:

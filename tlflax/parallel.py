@@ -187,17 +187,34 @@ class Placement:
   def rows(self, table: np.ndarray):
     """A (steps, batch) table of example indices, the same on every process, split by columns:
     device d holds columns [d * batch / n, (d + 1) * batch / n) of every row."""
-    steps, batch = table.shape
-    n = self.num_devices
-    if self.kind == "pmap":  # pmap maps over a leading device axis
-      blocks = np.ascontiguousarray(table.reshape(steps, n, batch // n).transpose(1, 0, 2))
-      return jax.device_put(blocks, NamedSharding(self.mesh, P(AXIS)))
+    lo, hi = self.columns(table.shape[1])
+    return self.split(table[:, lo:hi], table.shape[1])
+
+  def columns(self, batch: int) -> tuple[int, int]:
+    """[lo, hi): the columns of a global batch that this process's devices hold."""
+    if self.kind == "pmap":  # one process
+      return 0, batch
     sharding = NamedSharding(self.mesh, P(None, AXIS))
     spans = sorted((s[1].start or 0, s[1].stop or batch)
-                   for s in sharding.addressable_devices_indices_map(table.shape).values())
-    lo, hi = spans[0][0], spans[-1][1]
-    return jax.make_array_from_process_local_data(sharding, np.ascontiguousarray(table[:, lo:hi]),
-                                                  table.shape)
+                   for s in sharding.addressable_devices_indices_map((1, batch)).values())
+    return spans[0][0], spans[-1][1]
+
+  def split(self, local, batch: int):
+    """Arrays (rows, hi - lo, ...) holding this process's `columns(batch)` of (rows, batch, ...)
+    tables, as global arrays split by columns (a tree of them: each leaf alike)."""
+    n = self.num_devices
+
+    def one(x):
+      x = np.ascontiguousarray(x)
+      if self.kind == "pmap":  # pmap maps over a leading device axis
+        blocks = x.reshape((x.shape[0], n, batch // n) + x.shape[2:])
+        return jax.device_put(np.ascontiguousarray(np.moveaxis(blocks, 1, 0)),
+                              NamedSharding(self.mesh, P(AXIS)))
+      shape = (x.shape[0], batch) + x.shape[2:]
+      return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(None, AXIS)), x,
+                                                    shape)
+
+    return jax.tree.map(one, local)
 
   def spmd(self, fn: Callable, num_args: int, split: Sequence[int] = (),
            donate: Sequence[int] = ()) -> Callable:

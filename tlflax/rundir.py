@@ -47,6 +47,11 @@ def _relevant(record: dict, mode: str) -> dict:
   return {k: v for k, v in everything.items() if any(k == p or k.startswith(p + ".") for p in keys)}
 
 
+def hparams(mode: str, config) -> dict:
+  """The flat config entries that decide a `mode` run's result (TensorBoard's HParams view)."""
+  return _relevant(record_of(mode, config), mode)
+
+
 def config_hash(record: dict, mode: str) -> str:
   """sha256 of what decides a `mode` run's result, from its config record."""
   blob = json.dumps(_relevant(record, mode), sort_keys=True).encode()

@@ -43,10 +43,11 @@ def _load_task(phase, config):
   """The phase's dataset. Process 0 loads first, preparing it with tfds if needed, so several
   processes never download into one data_dir at once; the others then read what it prepared."""
   from tlflax import data, parallel
-  task = data.load_task(phase, config.data_dir, config.seed) if parallel.is_main_process() \
-      else None
+  def load():
+    return data.load_task(phase, config.data_dir, config.seed, config.get("data"))
+  task = load() if parallel.is_main_process() else None
   parallel.sync(f"loaded {phase.dataset}")
-  return task if task is not None else data.load_task(phase, config.data_dir, config.seed)
+  return task if task is not None else load()
 
 
 def ensure_pretrained(config, workdir: str, placement=None) -> str:
@@ -118,7 +119,8 @@ def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -
                      transfer_cfg=config.transfer if mode == "transfer" else None,
                      variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),
                      log_every_steps=config.log_every_steps,
-                     eval_every_epochs=config.eval_every_epochs, label=mode)
+                     eval_every_epochs=config.eval_every_epochs, label=mode,
+                     data_cfg=config.get("data"), hparams=rundir.hparams(mode, config))
   summary = {"mode": mode, "seed": config.seed, **result.summary}
   if init is not None:
     summary["init"] = init

@@ -6,6 +6,7 @@ devices, in `parallel.py`.
 
 import dataclasses
 import functools
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import optax
 
 from tlflax import checkpoint as checkpoint_lib
 from tlflax import data as data_lib
-from tlflax import models, monitor, parallel, preemption, probe, steps, transfer
+from tlflax import models, monitor, parallel, preemption, probe, steps, stream, transfer
 from tlflax.errors import DIVERGED, Stopped, UserError, require
 from tlflax.monitor import MetricsWriter, Progress, read_metrics
 
@@ -116,20 +117,19 @@ class PhaseResult:
   summary: dict
 
 
-def evaluate(eval_fn: Callable, state: steps.TrainState, eval_data: dict, rows,
-             parts: dict) -> dict:
+def evaluate(eval_fn: Callable, state: steps.TrainState, parts: dict, batches: Callable) -> dict:
   """Covers every evaluation example exactly once: padded, masked batches of one fixed shape,
-  `eval_fn(variables, eval_data, rows, i)` summing over batch i of the table `rows`.
+  `eval_fn(variables, *args)` summing over one batch for each `args` of `batches(first, last)`.
 
-  `parts` maps a split name ('test', 'val') to its [first, last) batches of the table (see
-  `place_data`). Returns `{name}_loss`, `_accuracy`, `_top5`, `_count` for each.
+  `parts` maps a split name ('test', 'val') to its [first, last) batches of the evaluation table
+  (see `place_data`). Returns `{name}_loss`, `_accuracy`, `_top5`, `_count` for each.
   """
   variables = steps.eval_variables(state)
   out = {}
   for name, (first, last) in parts.items():
     totals = None
-    for i in range(first, last):
-      sums = eval_fn(variables, eval_data, rows, i)
+    for args in batches(first, last):
+      sums = eval_fn(variables, *args)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = int(totals["count"])
@@ -199,7 +199,8 @@ class _Position:
 
 def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, placement=None,
         transfer_cfg=None, variables=None, checkpoint_cfg=None, log_every_steps: int = 50,
-        eval_every_epochs: int = 1, label: str = "") -> PhaseResult:
+        eval_every_epochs: int = 1, label: str = "", data_cfg=None,
+        hparams: dict | None = None) -> PhaseResult:
   """Trains on `task` for `phase.epochs`, evaluating, checkpointing and writing metrics to
   `run_dir`. A run folder that already holds checkpoints is resumed from the latest one that
   restores, mid-epoch if that is where it stopped, and continues exactly as if it had not stopped.
@@ -207,7 +208,9 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
   Order of initialisation: a checkpoint in `run_dir` (resume) wins; otherwise `variables` (e.g.
   restored and merged from a source model for transfer); otherwise a fresh init from `seed`.
   `placement` (default: every device, shard_map) decides where arrays live and how steps run;
-  process 0 alone writes metrics and shows progress.
+  `data_cfg` (config.data) whether the splits live on the devices or stream from the host
+  (`stream.py`); process 0 alone writes metrics (and `hparams` for TensorBoard) and shows
+  progress.
 
   Stops early with `errors.Stopped`: after a SIGTERM/SIGINT (`preemption`), with a checkpoint of
   the last step; or on non-finite loss or gradients, saving nothing of them.
@@ -232,9 +235,21 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                   f"{phase.epochs} epochs instead of {asked_epochs}, for min_steps="
                   f"{phase.min_steps}")
 
-  # --- Data on the devices: a full copy on each; each device builds its part of a batch -------
-  train_data, test_data, eval_rows, eval_parts = place_data(placement, task,
-                                                             phase.eval_batch_size)
+  # --- Data on the devices (a full copy on each; each device builds its part of a batch), or
+  # --- streamed from the host batch by batch when it does not fit them -------------------------
+  pipeline, why = stream.choose(data_cfg, task, placement)
+  streamer = None
+  if pipeline == "stream":
+    streamer = stream.Streamer(placement, task, phase.eval_batch_size,
+                               data_cfg.prefetch if data_cfg is not None else 2)
+    train_data, test_data, eval_rows, eval_parts = (dict(streamer.stats), streamer.stats, None,
+                                                    streamer.parts)
+    progress.note(f"streaming batches from host memory ({why})")
+  else:
+    train_data, test_data, eval_rows, eval_parts = place_data(placement, task,
+                                                               phase.eval_batch_size)
+    if data_cfg is not None and data_cfg.pipeline != "auto":
+      progress.note(f"data on the devices ({why})")
 
   # --- Fresh state, or the latest checkpoint of this run ----------------------------------------
   base_model = models.from_config(model_cfg, task.num_classes)
@@ -287,7 +302,8 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
     _, order_key, aug_key = jax.random.split(root_key, 3)
     train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(aug_key)))
 
-    writer = MetricsWriter(run_dir, history if restored is not None else None) if main else None
+    writer = MetricsWriter(run_dir, history if restored is not None else None,
+                           resumed_step if restored is not None else 0, hparams) if main else None
     cache = probe.FeatureCache(placement, base_model, phase, train_data, test_data, eval_rows)
     seconds = dict(at.seconds)
 
@@ -312,9 +328,15 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
                   f"{task.num_classes} classes, {steps_per_epoch} steps/epoch of {batch_size} "
                   f"over {placement.num_devices} devices, {count_params(shapes['params']):,} "
                   f"params, {dtype} compute")
+    def log_window(step: int, window: dict) -> None:
+      if writer is not None:
+        writer.write_step({"step": step, **window,
+                           "learning_rate": float(schedule(step - 1))})
+
     for epoch in range(at.epoch, phase.epochs):
       policy = transfer.policy_at(transfer_cfg, epoch)
-      rows = placement.rows(data_lib.epoch_rows(order_key, epoch, n_train, batch_size))
+      table = data_lib.epoch_rows(order_key, epoch, n_train, batch_size)
+      rows = placement.rows(table) if streamer is None else None
       if setup is None or setup.step_fn is None or policy != setup.policy:
         t_compile = time.perf_counter()
         if setup is None:
@@ -327,10 +349,20 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
           state = state.replace(opt_state=carry_opt_state(
               state.opt_state, placement.jit_replicated(setup.tx.init)(state.params)))
         setup.features = probe.mode_for(transfer_cfg, policy)
+        if setup.features and streamer is not None:
+          progress.note("the cached linear probe needs the data on the devices: streamed, the "
+                        "head trains on images through the frozen backbone")
+          setup.features = None
         if setup.features:
           progress.note(f"cached linear probe ({setup.features} features): the head trains on "
                         "the frozen backbone's features")
-        compile_steps(setup, placement, phase, state, train_data, rows, cache, base_model)
+        if streamer is None:
+          train_args, eval_args = (train_data, rows), (cache.test_data, cache.eval_rows, 0)
+        else:
+          train_args = (train_data, streamer.example_train_args(batch_size)[1])
+          eval_args = (test_data,) + streamer.example_eval_args()[1:]
+        compile_steps(setup, placement, phase, state, base_model, cache, rows, train_args,
+                      eval_args, streamed=streamer is not None)
         seconds["compile_s"] += time.perf_counter() - t_compile
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
 
@@ -341,9 +373,11 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
         t_epoch = time.perf_counter()
       first = at.step_in_epoch if epoch == at.epoch else 0
       sums = steps.zero_metrics() if first == 0 else _device_sums(at.sums)
+      batches = (itertools.repeat((step_data, rows)) if streamer is None else
+                 ((train_data, b) for _, b in streamer.train_batches(table, first)))
       try:
-        epoch_steps = _train_epoch(setup.step_fn, state, step_data, rows, epoch,
-                                   steps_per_epoch, progress, first, sums)
+        epoch_steps = _train_epoch(setup.step_fn, state, batches, epoch, steps_per_epoch,
+                                   progress, first, sums, log_window)
         for state, sums, done in epoch_steps:
           step = epoch * steps_per_epoch + done
           if preemption.should_stop(step):
@@ -361,12 +395,13 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
 
       last = epoch + 1 == phase.epochs
       record = None
+
       if (epoch + 1) % eval_every_epochs == 0 or last:
         record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": train_loss,
                   "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
-                  **evaluate(setup.eval_fn, state,
-                             cache.test(state) if setup.features else test_data, eval_rows,
-                             eval_parts),
+                  **evaluate(setup.eval_fn, state, eval_parts,
+                             streamer.eval_batches if streamer is not None else _on_device(
+                                 cache.test(state) if setup.features else test_data, eval_rows)),
                   "learning_rate": float(schedule(int(state.step) - 1)),
                   "epoch_s": epoch_s,
                   "img_per_s": (steps_per_epoch - first) * batch_size / epoch_s,
@@ -397,6 +432,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
              "resumed_from_epoch": at.epoch if restored is not None else 0,
              "resumed_from_step": resumed_step if restored is not None else 0,
              "mean": task.mean.tolist(), "std": task.std.tolist(),
+             "pipeline": pipeline, "class_names": list(task.class_names),
              "final": history[-1] if history else None,
              "selected_on": monitor.selection_key(history).split("_")[0],
              "best": monitor.best_record(history)}
@@ -482,12 +518,18 @@ def _diverged(run_dir, step, epoch, ckpts) -> None:
                 "away", DIVERGED)
 
 
-def step_functions(setup: _Setup, placement, phase, base_model) -> tuple[Callable, Callable]:
+def step_functions(setup: _Setup, placement, phase, base_model, streamed: bool = False
+                   ) -> tuple[Callable, Callable]:
   """The setup's train step `(state, sums, data, rows)` and eval step `(variables, data, rows,
-  index)`, jitted over the placement's devices: on images, or on cached features for a cached
-  linear probe (`setup.features`)."""
+  index)`, jitted over the placement's devices: on images on the devices, on streamed batches
+  (`streamed`: `rows` is the batch itself), or on cached features for a cached linear probe
+  (`setup.features`)."""
   if setup.features:
     train_fn, eval_fn = probe.train_step, probe.eval_step
+  elif streamed:
+    train_fn = functools.partial(steps.train_step_on_batch, crop_padding=phase.crop_padding,
+                                 flip=phase.flip)
+    eval_fn = steps.eval_step_on_batch
   else:
     train_fn = functools.partial(steps.train_step_on_data, crop_padding=phase.crop_padding,
                                  flip=phase.flip)
@@ -498,19 +540,18 @@ def step_functions(setup: _Setup, placement, phase, base_model) -> tuple[Callabl
   return train_fn, placement.spmd(functools.partial(eval_fn, model=base_model), 4, split=(2,))
 
 
-def compile_steps(setup: _Setup, placement, phase, state, train_data, rows, cache, base_model
-                  ) -> None:
+def compile_steps(setup: _Setup, placement, phase, state, base_model, cache, rows, train_args,
+                  eval_args, streamed: bool = False) -> None:
   """Compiles the setup's train and eval steps ahead of the epoch, so img/s measures training,
-  not compilation."""
-  train_fn, eval_fn = step_functions(setup, placement, phase, base_model)
+  not compilation. `train_args` / `eval_args`: what the steps take besides the state (for the
+  cached probe, its features replace the data)."""
+  train_fn, eval_fn = step_functions(setup, placement, phase, base_model, streamed)
   if setup.features:
     abstract = cache.compile(state, setup.features, rows)
-    step_data, eval_data = abstract["train"], abstract["test"]
-  else:
-    step_data, eval_data = train_data, cache.test_data
-  setup.step_fn = train_fn.lower(state, steps.zero_metrics(), step_data, rows).compile()
-  setup.eval_fn = eval_fn.lower(steps.eval_variables(state), eval_data, cache.eval_rows,
-                                0).compile()
+    train_args = (abstract["train"], rows)
+    eval_args = (abstract["test"],) + tuple(eval_args[1:])
+  setup.step_fn = train_fn.lower(state, steps.zero_metrics(), *train_args).compile()
+  setup.eval_fn = eval_fn.lower(steps.eval_variables(state), *eval_args).compile()
 
 
 def place_data(placement, task: data_lib.Task, eval_batch_size: int):
@@ -532,25 +573,42 @@ def place_data(placement, task: data_lib.Task, eval_batch_size: int):
   return train_data, eval_data, eval_rows, parts
 
 
-def _train_epoch(step_fn, state, train_data, rows, epoch, steps_per_epoch, progress, first=0,
-                 sums=None):
-  """Steps `first`..`steps_per_epoch - 1` of one epoch over the batches of `rows` (the step picks
-  its batch from state.step); yields (state, sums, steps of the epoch done) after every step.
+def _on_device(eval_data: dict, eval_rows) -> Callable:
+  """`evaluate`'s batches on the device path: batch i of the table `eval_rows` of `eval_data`."""
+  return lambda lo, hi: ((eval_data, eval_rows, i) for i in range(lo, hi))
+
+
+def _train_epoch(step_fn, state, batches, epoch, steps_per_epoch, progress, first=0, sums=None,
+                 log_window=None):
+  """Steps `first`..`steps_per_epoch - 1` of one epoch, step i taking the next `(data, rows)` of
+  `batches` (on the device path the whole epoch's table, the step picks its batch from
+  state.step); yields (state, sums, steps of the epoch done) after every step.
 
   One dispatch a step: the step adds its metrics to the sums it carries on the device. The host
-  reads them every `log_every_steps` and at the epoch's end, for the progress line and to stop
-  (`_NonFinite`) within the epoch once a loss or gradient was not finite.
+  reads them every `log_every_steps` and at the epoch's end, for the progress line, for
+  `log_window(global step, window means)` (TensorBoard), and to stop (`_NonFinite`) within the
+  epoch once a loss or gradient was not finite.
   """
   sums = steps.zero_metrics() if sums is None else sums
   progress.start_epoch(epoch, first)
-  for i in range(first, steps_per_epoch):
-    state, sums = step_fn(state, sums, train_data, rows)
+  seen = jax.device_get(sums)
+  seen_at, seen_t = first, time.perf_counter()
+  batch_size = progress.batch_size
+  for i, (data, rows) in zip(range(first, steps_per_epoch), batches, strict=False):
+    state, sums = step_fn(state, sums, data, rows)
     if (i + 1) % progress.every == 0 or i + 1 == steps_per_epoch:
       host = jax.device_get(sums)
       if int(host["nonfinite_step"]) >= 0:
         raise _NonFinite(int(host["nonfinite_step"]))
       if progress.wants_update(i):
         progress.update(i + 1, float(host["loss"]) / (i + 1))
+      now, n = time.perf_counter(), i + 1 - seen_at
+      if log_window is not None and n > 0:
+        log_window(epoch * steps_per_epoch + i + 1, {
+            "train_loss": float(host["loss"] - seen["loss"]) / n,
+            "train_accuracy": float(host["accuracy"] - seen["accuracy"]) / n,
+            "img_per_s": n * batch_size / max(now - seen_t, 1e-9)})
+      seen, seen_at, seen_t = host, i + 1, now
     yield state, sums, i + 1
 
 

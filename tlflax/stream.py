@@ -1,0 +1,175 @@
+"""Which data path a run takes, and the streaming one: batches from host memory to the devices.
+
+By default a run keeps its splits on the devices, a full copy on each (`train.place_data`): no
+host work per step. A split too large for that (more than `data.device_budget_gb`, by default a
+quarter of the smallest device's memory) streams instead: every step, each process gathers its
+own columns of the global batch from the host copy of the split (in RAM or memory-mapped, see
+`sources.host_array`), a background thread puts `data.prefetch` batches ahead on the devices, and
+the devices augment and normalise them as on the device path.
+
+The batches are the same: the host gathers the rows of the same seeded epoch table
+(`data.epoch_rows`), and each example is augmented on the device with the same key, fold_in(key of
+the step, its position in the global batch). A streamed run therefore follows the device path's
+curve, and resumes mid-epoch exactly. The cached linear probe (`probe.py`) needs the split on
+the devices; a streamed run trains its frozen backbone's head on images instead.
+"""
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from tlflax import data as data_lib
+
+DEVICE_SHARE = 4  # data.device_budget_gb=0: a quarter of the smallest device's memory
+
+
+def task_device_bytes(task: data_lib.Task) -> int:
+  """What the device path keeps on every device: every split's images and labels."""
+  splits = [task.train, task.test] + ([task.val] if task.val is not None else [])
+  return sum(s.images.nbytes + s.labels.nbytes for s in splits)
+
+
+def device_budget_bytes(budget_gb: float, placement) -> int:
+  """`budget_gb`, or a quarter of the smallest device's memory (CPU devices share the host's
+  RAM: a quarter of it over the devices of this process)."""
+  if budget_gb:
+    return int(budget_gb * 2**30)
+  devices = [d for d in placement.mesh.devices.flat if d.process_index == _process_index()]
+  limits = []
+  for d in devices:
+    stats = d.memory_stats() or {}
+    if stats.get("bytes_limit"):
+      limits.append(int(stats["bytes_limit"]))
+  if limits:
+    return min(limits) // DEVICE_SHARE
+  from tlflax import sources
+  return 2 * sources.host_budget_bytes(0.0) // (DEVICE_SHARE * max(len(devices), 1))
+
+
+def _process_index() -> int:
+  import jax
+  return jax.process_index()
+
+
+def choose(data_cfg, task: data_lib.Task, placement) -> tuple[str, str]:
+  """('device' or 'stream', why) for a task under config.data."""
+  need = task_device_bytes(task)
+  pipeline = data_cfg.pipeline if data_cfg is not None else "auto"
+  if pipeline != "auto":
+    return pipeline, f"data.pipeline={pipeline!r}"
+  budget = device_budget_bytes(data_cfg.device_budget_gb if data_cfg is not None else 0.0,
+                               placement)
+  gib = f"{need / 2**30:.2f} GiB of images {'>' if need > budget else '<='} the device budget " \
+        f"of {budget / 2**30:.2f} GiB"
+  return ("stream" if need > budget else "device"), gib
+
+
+def _prefetched(make, count: int, depth: int) -> Iterator:
+  """make(0), make(1), ... make(count - 1), each computed `depth` ahead in a thread."""
+  if count <= 0:
+    return
+  out: queue.Queue = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def work():
+    try:
+      for i in range(count):
+        item = make(i)
+        while not stop.is_set():
+          try:
+            out.put((True, item), timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+      out.put((False, e))
+
+  thread = threading.Thread(target=work, daemon=True, name="tlflax-prefetch")
+  thread.start()
+  try:
+    for _ in range(count):
+      ok, item = out.get()
+      if not ok:
+        raise item
+      yield item
+  finally:
+    stop.set()
+    thread.join(timeout=5)
+
+
+class Streamer:
+  """Serves a task's batches from host memory: the training batches of an epoch and the padded
+  evaluation batches of its test (and validation) split, placed over the devices as the per-shard
+  steps on batches (`steps.train_step_on_batch`, `steps.eval_step_on_batch`) take them."""
+
+  def __init__(self, placement, task: data_lib.Task, eval_batch_size: int, prefetch: int = 2):
+    self.placement = placement
+    self.task = task
+    self.prefetch = prefetch
+    self.stats = placement.replicate({"mean": np.asarray(task.mean, np.float32),
+                                      "std": np.asarray(task.std, np.float32)})
+    splits = {"test": task.test, **({"val": task.val} if task.val is not None else {})}
+    self.eval_splits = list(splits.values())
+    self.eval_batch = placement.round_up(min(eval_batch_size,
+                                             max(len(s) for s in splits.values())))
+    # Row r of the padded evaluation table: split `source[r]` (-1: padding), example `index[r]`.
+    source, index, self.parts, first = [], [], {}, 0
+    for k, (name, split) in enumerate(splits.items()):
+      padded = -(-len(split) // self.eval_batch) * self.eval_batch
+      source.append(np.where(np.arange(padded) < len(split), k, -1))
+      index.append(np.minimum(np.arange(padded), len(split) - 1))
+      self.parts[name] = (first, first + padded // self.eval_batch)
+      first = self.parts[name][1]
+    self._source = np.concatenate(source).astype(np.int32)
+    self._index = np.concatenate(index).astype(np.int64)
+    self.image_shape = task.train.images.shape[1:]
+
+  def _place(self, images: np.ndarray, labels: np.ndarray, batch: int):
+    """This process's columns of one global batch as (1, batch, ...) arrays split by columns."""
+    return self.placement.split({"images": images[None], "labels": labels[None]}, batch)
+
+  def train_batches(self, table: np.ndarray, first: int = 0) -> Iterator[tuple]:
+    """(stats, batch) for steps `first`.. of an epoch's (steps, batch) table of example rows."""
+    batch = table.shape[1]
+    lo, hi = self.placement.columns(batch)
+    train = self.task.train
+
+    def make(i):
+      rows = table[first + i, lo:hi]
+      return self.stats, self._place(train.images[rows], train.labels[rows], batch)
+
+    return _prefetched(make, table.shape[0] - first, self.prefetch)
+
+  def eval_batches(self, first: int, last: int) -> Iterator[tuple]:
+    """(stats, batch, 0) for evaluation batches [first, last) of the padded table."""
+    lo, hi = self.placement.columns(self.eval_batch)
+
+    def make(i):
+      rows = np.arange((first + i) * self.eval_batch, (first + i + 1) * self.eval_batch)[lo:hi]
+      source, index = self._source[rows], self._index[rows]
+      images = np.zeros((len(rows),) + self.image_shape, np.uint8)
+      labels = np.full((len(rows),), -1, np.int32)
+      for k, split in enumerate(self.eval_splits):
+        mask = source == k
+        if mask.any():
+          images[mask] = split.images[index[mask]]
+          labels[mask] = split.labels[index[mask]]
+      return self.stats, self._place(images, labels, self.eval_batch), 0
+
+    return _prefetched(make, last - first, self.prefetch)
+
+  def example_train_args(self, batch: int) -> tuple:
+    """Arguments of the shape a training step takes (to compile it ahead of the epoch)."""
+    lo, hi = self.placement.columns(batch)
+    return self.stats, self._place(np.zeros((hi - lo,) + self.image_shape, np.uint8),
+                                   np.zeros((hi - lo,), np.int32), batch)
+
+  def example_eval_args(self) -> tuple:
+    lo, hi = self.placement.columns(self.eval_batch)
+    return self.stats, self._place(np.zeros((hi - lo,) + self.image_shape, np.uint8),
+                                   np.full((hi - lo,), -1, np.int32), self.eval_batch), 0
+
