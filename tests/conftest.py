@@ -108,9 +108,48 @@ def _define_tiny_grey(tfds):
   return TinyGrey
 
 
+# tiny_sizes: 3 classes, images of many sizes and aspect ratios. Each image is the colour of its
+# class in its middle (a centred square of the short side) and white outside that square, so
+# center_crop sees only the class colour and squash sees the white sides too.
+TINY_SIZES_COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
+
+
+def tiny_sizes_image(rng, label: int) -> np.ndarray:
+  h, w = (int(v) for v in rng.integers(20, 90, 2))
+  image = np.full((h, w, 3), 255, np.uint8)
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  image[top:top + side, left:left + side] = TINY_SIZES_COLOURS[label]
+  return image
+
+
+def _define_tiny_sizes(tfds):
+  """A variable-size RGB image-classification builder (`tfds.features.Image(shape=(None, None,
+  3))`, PNG-encoded as tfds does), to test resizing in the pipeline."""
+
+  class TinySizes(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "label": tfds.features.ClassLabel(names=["red", "green", "blue"])}),
+          supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(30, 0), "test": self._generate_examples(9, 1)}
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {"image": tiny_sizes_image(rng, i % 3), "label": i % 3}
+
+  return TinySizes
+
+
 @pytest.fixture(scope="session")
 def tfds_data(tmp_path_factory):
-  """A data_dir holding cifar10, cifar100 and tiny_grey, prepared by tfds's builders.
+  """A data_dir holding cifar10, cifar100, tiny_grey and tiny_sizes, prepared by tfds's builders.
 
   Only the download step is replaced: it hands tfds our archive instead of fetching the URL;
   tfds itself extracts it and parses the binary records.
@@ -138,6 +177,7 @@ def tfds_data(tmp_path_factory):
     for name in ("cifar10", "cifar100"):
       tfds.builder(name, data_dir=str(data_dir)).download_and_prepare()
     _define_tiny_grey(tfds)(data_dir=str(data_dir)).download_and_prepare()
+    _define_tiny_sizes(tfds)(data_dir=str(data_dir)).download_and_prepare()
   finally:
     mp.undo()
   return {"data_dir": str(data_dir), **contents}

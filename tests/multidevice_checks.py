@@ -135,8 +135,13 @@ class Interrupt(Exception):
   pass
 
 
-def _fit(task, place, run_dir, interrupt=False):
-  """Two epochs; with `interrupt`, dies during epoch 2's evaluation (epoch 1 is checkpointed)."""
+STREAM = ml_collections.ConfigDict({"pipeline": "stream", "device_budget_gb": 0.0,
+                                    "host_budget_gb": 0.0, "spill_dir": "", "prefetch": 2})
+
+
+def _fit(task, place, run_dir, interrupt=False, data_cfg=None):
+  """Two epochs; with `interrupt`, dies during epoch 2's evaluation (epoch 1 is checkpointed).
+  `data_cfg`: config.data (None: the splits on the devices)."""
   real = train.evaluate
   calls = []
 
@@ -149,7 +154,8 @@ def _fit(task, place, run_dir, interrupt=False):
   train.evaluate = evaluate
   try:
     return train.fit(PHASE, MODEL, task, run_dir, 0, placement=place,
-                     checkpoint_cfg={"keep": 3, "async_save": True}, log_every_steps=100)
+                     checkpoint_cfg={"keep": 3, "async_save": True}, log_every_steps=100,
+                     data_cfg=data_cfg)
   except Interrupt:
     return None
   finally:
@@ -180,6 +186,20 @@ def resume_check(task, root, one, eight, pmap8) -> dict:
                             "history": [{k: r[k] for k in ("train_loss", "test_loss",
                                                            "test_count")}
                                         for r in run.history]}
+  # Streamed from host memory: whole runs on 8 devices, and one interrupted on the device path
+  # and resumed streaming.
+  for name, place in (("stream_shard_map", eight), ("stream_pmap", pmap8)):
+    run = _fit(task, place, f"{root}/{name}", data_cfg=STREAM)
+    out[name] = {"params_rel": max_rel(reference.state.params, run.state.params),
+                 "pipeline": run.summary["pipeline"],
+                 "history": [{k: r[k] for k in ("train_loss", "test_loss", "test_count")}
+                             for r in run.history]}
+  assert _fit(task, eight, f"{root}/stream_resume", interrupt=True) is None
+  resumed = _fit(task, eight, f"{root}/stream_resume", data_cfg=STREAM)
+  out["stream_resume"] = {"resumed_from_epoch": resumed.summary["resumed_from_epoch"],
+                          "params_rel": max_rel(reference.state.params, resumed.state.params),
+                          "history": [{k: r[k] for k in ("train_loss", "test_loss", "test_count")}
+                                      for r in resumed.history]}
   restored, _ = checkpoint.restore_variables(f"{root}/one", eight.replicated)
   out["init_from_devices"] = len(restored["params"]["head"]["kernel"].sharding.device_set)
   return out

@@ -53,8 +53,8 @@ def _one_line(stderr, prefix="tlflax:"):
   return lines[0]
 
 
-def _resume(workdir):
-  result = run_cli(ARGS + [f"--workdir={workdir}"], workdir)
+def _resume(workdir, extra=()):
+  result = run_cli(ARGS + [f"--workdir={workdir}", *extra], workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 
@@ -99,6 +99,27 @@ def test_sigterm_saves_the_step_and_the_resumed_run_equals_an_uninterrupted_one(
   assert f"resuming from {ckpt_dir}/{STEPS} at the start of epoch 2" in stderr
   assert (workdir / "scratch" / "corrupt_checkpoints" / str(step) / "params").is_dir()
   assert _exact(_records(workdir)) == reference
+
+
+def test_a_streamed_run_stopped_mid_epoch_resumes_exactly_like_the_device_path(tiny_scratch,
+                                                                              reference, tmp_path):
+  """Batches streamed from host memory (forced) are the device path's batches: SIGTERM in epoch
+  2, resumed streaming, and the metrics and every training window equal the uninterrupted
+  device-path run's, bitwise."""
+  workdir, stream = tmp_path / "w", ["--config.data.pipeline=stream"]
+  code, stderr = _start_and_signal(workdir, signal.SIGTERM, f"epoch 2/2 step 5/{STEPS}", stream)
+  assert code == 143, stderr[-3000:]
+  assert "streaming batches from host memory (data.pipeline='stream')" in stderr
+  stderr = _resume(workdir, stream)
+  assert "resuming from" in stderr and "in epoch 2, after" in stderr
+  assert _exact(_records(workdir)) == reference
+  from tlflax import monitor
+  windows = monitor.read_steps(str(workdir / "scratch"))
+  want = monitor.read_steps(str(tiny_scratch[0] / "scratch"))
+  assert [w["step"] for w in windows] == list(range(1, 2 * STEPS + 1))  # every step, once
+  assert [w["train_loss"] for w in windows] == [w["train_loss"] for w in want]
+  summary = json.loads((workdir / "scratch" / "summary.json").read_text())
+  assert summary["pipeline"] == "stream"
 
 
 def test_kill_9_during_saves_resumes_from_the_last_complete_checkpoint(reference, tmp_path):

@@ -3,6 +3,7 @@
 import json
 import struct
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -39,6 +40,12 @@ def _check_run(run_dir, mode, chance, test_count, stderr, epochs=3):
   tb = _event_scalars(run_dir, "test_accuracy")
   assert [(s, round(v, 5)) for s, v in tb] == [
       (r["step"], round(r["test_accuracy"], 5)) for r in records]
+  # Training scalars every log_every_steps (8): 4 windows an epoch, whose mean is the epoch's.
+  windows = [json.loads(line) for line in (run_dir / "train_steps.jsonl").read_text().splitlines()]
+  assert [w["step"] for w in windows] == list(range(8, epochs * 32 + 1, 8))
+  assert np.mean([w["train_loss"] for w in windows[-4:]]) == pytest.approx(
+      records[-1]["train_loss"], rel=1e-5)
+  assert [s for s, _ in _event_scalars(run_dir, "step/learning_rate")] == [w["step"] for w in windows]
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["final"]["test_accuracy"] == records[-1]["test_accuracy"]
   assert f"[{mode}] epoch {epochs}/{epochs} step 32/32 loss" in stderr  # plain progress lines
@@ -66,7 +73,14 @@ def _png_size(path):
 @pytest.mark.parametrize("args,expected", [
     (["--mode=bogus"], "unknown --mode=bogus"),
     (["--config.target.epochs=abc"], "config.target.epochs"),
-    (["--config.target.nokey=1"], "unknown config key nokey"),
+    (["--config.target.nokey=1"], "unknown config key target.nokey"),
+    (["--config.target.epoch=3"], ("unknown config key target.epoch in --config.target.epoch=... "
+                                  "(closest: target.epochs")),
+    (["--config=smok"], ("no config named 'smok' (did you mean 'smoke'?): use one of "
+                        "cifar10_to_cifar100, cifar10_to_cifar100_arms, smoke")),
+    (["--config.data.pipeline=disk"], "config.data.pipeline must be one of auto, device, stream"),
+    (["--config.target.resize=pad"], "config.target.resize must be one of squash, center_crop"),
+    (["--config.target.dataset=folder:/nonexistent"], "dataset folder /nonexistent does not exist"),
     (["--config=configs/missing.py"], "cannot load config file configs/missing.py"),
     (["--config.target.batch_size=100000"], "batch_size 100000 exceeds"),
     (["--config.target.epochs=0"], "config.target.epochs must be positive"),

@@ -92,3 +92,43 @@ def test_events_are_kept_apart_and_a_resume_rewrites_tensorboard(tmp_path):
   assert len(monitor.read_events(str(tmp_path))) == 1
   assert [(s, round(v, 4)) for s, v in _event_scalars(tmp_path, "test_loss")] == [
       (10, 1.0), (20, 0.5), (30, 0.25)]
+
+
+def _summary_tags(run_dir) -> dict:
+  """{tag: plugin data bytes} of every summary value in a run's event files."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(run_dir.glob("events.out.tfevents.*")):
+    raw, offset = path.read_bytes(), 0
+    while offset < len(raw):
+      (length,) = struct.unpack("<Q", raw[offset:offset + 8])
+      event = event_pb2.Event.FromString(raw[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for v in event.summary.value:
+        out[v.tag] = v.metadata.plugin_data.content
+  return out
+
+
+def test_training_windows_and_hparams_reach_tensorboard_and_a_resume_cuts_them(tmp_path):
+  from test_main import _event_scalars
+
+  from tlflax import monitor
+  hparams = {"target.learning_rate": 0.1, "model.name": "resnet18", "transfer.lr_mult": []}
+  writer = MetricsWriter(str(tmp_path), hparams=hparams)
+  for step in (8, 16, 24, 32):
+    writer.write_step({"step": step, "train_loss": 5 - step / 8, "learning_rate": 0.1,
+                       "img_per_s": 100.0})
+  writer.close()
+  assert _event_scalars(tmp_path, "step/train_loss") == [(8, 4.0), (16, 3.0), (24, 2.0), (32, 1.0)]
+  tags = _summary_tags(tmp_path)
+  start = tags["_hparams_/session_start_info"]
+  assert b"target.learning_rate" in start and b"resnet18" in start
+  assert b"test_accuracy" in tags["_hparams_/experiment"]  # the metric the HParams view shows
+  # Resumed from the checkpoint of step 16: the windows after it are rolled back.
+  writer = MetricsWriter(str(tmp_path), history=[], resumed_step=16, hparams=hparams)
+  writer.write_step({"step": 24, "train_loss": 2.5, "learning_rate": 0.1, "img_per_s": 90.0})
+  writer.close()
+  assert [r["step"] for r in monitor.read_steps(str(tmp_path))] == [8, 16, 24]
+  assert _event_scalars(tmp_path, "step/train_loss") == [(8, 4.0), (16, 3.0), (24, 2.5)]

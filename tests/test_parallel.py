@@ -84,6 +84,20 @@ def test_whole_runs_under_shard_map_and_pmap_match_one_device(eight, kind):
     assert got["test_loss"] == pytest.approx(want["test_loss"], rel=TOL)
 
 
+@pytest.mark.parametrize("name", ["stream_shard_map", "stream_pmap", "stream_resume"])
+def test_streamed_batches_on_8_devices_train_like_the_device_path_on_one(eight, name):
+  """Batches gathered on the host and split over 8 devices (shard_map, pmap, and a run
+  interrupted on the device path and resumed streaming) end like the 1-device device-path run."""
+  run = eight["resume"][name]
+  assert run.get("pipeline", "stream") == "stream"
+  assert run.get("resumed_from_epoch", 1) == 1
+  assert run["params_rel"] < TOL
+  for got, want in zip(run["history"], eight["resume"]["reference_history"], strict=True):
+    assert got["test_count"] == 37
+    assert got["train_loss"] == pytest.approx(want["train_loss"], rel=TOL)
+    assert got["test_loss"] == pytest.approx(want["test_loss"], rel=TOL)
+
+
 def test_transfer_source_restores_onto_every_device_of_the_mesh(eight):
   assert eight["resume"]["init_from_devices"] == 8
 
@@ -199,12 +213,15 @@ def test_two_processes_train_resume_and_report_like_one_process_with_4_devices(e
   assert len(list(two.glob("scratch/events.out.tfevents.*"))) == 1  # from process 0 only
 
   # Lose the last checkpoint and the summary, as a crash in epoch 2 would: the two processes
-  # resume from epoch 1 and end with the same numbers.
+  # resume from epoch 1, this time each streaming its half of every batch from host memory,
+  # and end with the same numbers.
   shutil.rmtree(two / "scratch" / "checkpoints" / "4")
   (two / "scratch" / "summary.json").unlink()
-  runs = _launch(TINY + [f"--workdir={two}"], tmp_path, processes=2, devices=2)
+  runs = _launch(TINY + [f"--workdir={two}", "--config.data.pipeline=stream"], tmp_path,
+                 processes=2, devices=2)
   assert [c for c, _ in runs] == [0, 0], runs[0][1][-3000:] + runs[1][1][-3000:]
   assert "checkpoints/2 at the start of epoch 2" in runs[0][1]
+  assert "streaming batches from host memory" in runs[0][1]
   resumed = _metrics(two / "scratch")
   assert [r["epoch"] for r in resumed] == [1, 2]
   for got, want in zip(resumed, first, strict=True):

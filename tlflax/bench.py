@@ -26,6 +26,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from tlflax import config as config_lib
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("what", "step", ["step", "freeze", "startup"],
                   "step: the variants' steps; freeze: per freeze policy; startup: internal (one "
@@ -47,7 +49,8 @@ flags.DEFINE_bool("startup", True, "--what=step: time process start to first ste
                   "subprocesses).")
 flags.DEFINE_string("cache_dir", "", "Compilation cache (default: a fresh temporary folder, so "
                     "'cold' is cold).")
-config_flags.DEFINE_config_file("config", "configs/cifar10_to_cifar100.py", "Config file.")
+_DEFAULT_CONFIG = str(config_lib.configs_dir() / "cifar10_to_cifar100.py")
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
 
 # Dense peak TFLOP/s per chip: (bfloat16, float32 as XLA computes it by default: TF32 on NVIDIA
 # Ampere and later, bfloat16 passes on TPU). First match of the device_kind wins.
@@ -419,7 +422,7 @@ def main(argv):
       if v not in ("full", "linear_probe", "eval") and not v.startswith("stages:"):
         raise UserError(f"unknown variant {v!r}: use full, stages:N, linear_probe or eval")
     config_path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")),
-                       "configs/cifar10_to_cifar100.py")
+                       _DEFAULT_CONFIG)
     out = step_benchmark(FLAGS.config, FLAGS.variants, FLAGS.steps, config_path,
                          _config_overrides(sys.argv))
     if FLAGS["compare-torch"].value:

@@ -388,7 +388,7 @@ def flat_keys(config) -> dict:
   """{'a.b': value} of every leaf of a config (an arm's overrides are leaves of `arms.NAME`)."""
   out = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
+    if isinstance(value, ml_collections.ConfigDict) and len(value):
       for sub, leaf in flat_keys(value).items():
         out[f"{key}.{sub}"] = leaf
     else:
@@ -402,6 +402,8 @@ def key_help(key: str) -> str:
     return KEY_HELP[key]
   if key.startswith("arms."):
     parts = key.split(".")
+    if len(parts) == 2:
+      return f"arm {parts[1]}: config.transfer as it is"
     if len(parts) == 3:
       return f"arm {parts[1]}: {KEY_HELP.get('transfer.' + parts[2], 'transfer override')}"
   return ""
@@ -409,7 +411,8 @@ def key_help(key: str) -> str:
 
 def describe(config) -> str:
   """Every key of `config` with its value and meaning, one a line (`--mode=config`)."""
-  rows = [(key, repr(value)) for key, value in flat_keys(config).items()]
+  rows = [(key, "{}" if isinstance(value, ml_collections.ConfigDict) else repr(value))
+          for key, value in flat_keys(config).items()]
   width = max(len(k) for k, _ in rows)
   vwidth = min(max(len(v) for _, v in rows), 28)
   lines = []

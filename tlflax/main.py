@@ -74,6 +74,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     rest = FLAGS(argv)
     FLAGS.config.keys()  # a config file that failed to load raises only when touched
     return rest
+  except SystemExit as e:  # absl's --help/--helpshort/--helpfull print, then exit 1
+    if e.code == 1 and any(a.split("=")[0] in _HELP for a in argv[1:]):
+      sys.exit(0)
+    raise
   except UserError as e:  # from a config file's get_config (e.g. a bad FILE:ARG)
     _fail(str(e))
   except flags.Error as e:
@@ -88,6 +92,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
             "pass a tlflax config file or a shipped config's name, e.g. --config=smoke")
     _fail(_unknown_key(e, argv))
   return []
+
+
+_HELP = ("--help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?")
 
 
 def _named_config(argv: list[str]) -> list[str]:

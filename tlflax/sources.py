@@ -290,6 +290,17 @@ def folder_files(root: str) -> tuple[dict[str, list[tuple[str, int]]], tuple[str
   return ordered, tuple(classes)
 
 
+def _first_undecodable(files: list[str]) -> str | None:
+  """The first of `files` that TensorFlow cannot decode (after a batch of them failed)."""
+  tf = _tf()
+  for file in files:
+    try:
+      tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
+    except tf.errors.InvalidArgumentError:
+      return file
+  return None
+
+
 def folder_split(root: str, split: str, *, image_size: int, resize: str = "squash",
                  host_budget_gb: float = 0.0, spill_dir: str = "") -> Loaded:
   """Reads a split of a folder dataset, every image fitted to `image_size`, into host memory."""
@@ -311,8 +322,7 @@ def folder_split(root: str, split: str, *, image_size: int, resize: str = "squas
   try:
     images, labels = collect(ds, len(items), image_size, host_budget_gb, spill_dir)
   except tf.errors.InvalidArgumentError as e:
-    bad = re.search(r"(/[^\s:]+\.(?:png|jpe?g))", str(e), re.IGNORECASE)
-    raise UserError(f"cannot decode an image of the folder dataset {root}"
-                    f"{' (' + bad.group(1) + ')' if bad else ''}: remove or re-save files that "
-                    "are not valid JPEG or PNG") from e
+    bad = _first_undecodable([f for f, _ in items])
+    raise UserError(f"cannot decode the image {bad or '(unknown)'} of the folder dataset {root}: "
+                    "remove it or re-save it as JPEG or PNG") from e
   return Loaded(images, labels, len(classes), classes)
