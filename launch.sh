@@ -14,7 +14,7 @@ ACCEL=${TLFLAX_ACCEL:-cpu}
 
 usage() {
   cat >&2 <<'EOF'
-usage: ./launch.sh local [--mode=MODE --config=PATH --workdir=DIR ...]
+usage: ./launch.sh local [--mode=MODE --config=NAME|FILE --workdir=DIR ...]
        ./launch.sh test [PYTEST ARGS...]
        ./launch.sh install
        ./launch.sh tpu --name=VM --zone=ZONE [--project=P] [--dry-run] -- [FLAGS...]
