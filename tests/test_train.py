@@ -56,7 +56,8 @@ def test_evaluation_counts_every_example_once_and_matches_a_direct_computation()
   test_data = place.replicate(data.device_data(padded, task.mean, task.std))
   rows = place.rows(np.arange(48, dtype=np.int32).reshape(3, 16))
   eval_fn = place.spmd(functools.partial(steps.eval_step_on_data, model=model), 4, split=(2,))
-  result = train.evaluate(eval_fn, state, {"test": (0, 3)}, train._on_device(test_data, rows))
+  result = train.evaluate(eval_fn, state, {"test": (0, 3)},
+                          lambda lo, hi: ((test_data, rows, i) for i in range(lo, hi)))
   assert result["test_count"] == 37
   images = data.normalize(jnp.asarray(task.test.images), task.mean, task.std)
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)

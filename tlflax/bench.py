@@ -152,7 +152,7 @@ def measure_variant(variant: str, config, task, placement, num_steps: int) -> di
   import jax
   import numpy as np
 
-  from tlflax import data, models, probe, steps, train
+  from tlflax import data, models, pipeline, probe, steps, train
   phase = config.target
   policy = _policy(variant)
   transfer_cfg = None
@@ -170,7 +170,7 @@ def measure_variant(variant: str, config, task, placement, num_steps: int) -> di
   setup.features = probe.mode_for(transfer_cfg, policy)
   state = placement.jit_replicated(functools.partial(steps.create_train_state, setup.tx))(
       variables)
-  train_data, test_data, eval_rows, _ = train.place_data(placement, task, phase.eval_batch_size)
+  train_data, test_data, eval_rows, _ = pipeline.place_data(placement, task, phase.eval_batch_size)
   train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(jax.random.key(0))))
   rows = placement.rows(data.epoch_rows(jax.random.key(1), 0, n, phase.batch_size))
   base_model = models.from_config(config.model, task.num_classes)
@@ -231,7 +231,7 @@ def startup_main(config) -> None:
   import jax
   import numpy as np
 
-  from tlflax import data, models, parallel, steps, train
+  from tlflax import data, models, parallel, pipeline, steps, train
   phase = config.target
   placement = parallel.Placement.create(config.parallel)
   task = random_task(phase, _num_classes(phase.dataset), batches=1)
@@ -241,7 +241,7 @@ def startup_main(config) -> None:
                              None, 1, note=lambda _: None)
   state = placement.jit_replicated(functools.partial(steps.create_train_state, setup.tx))(
       variables)
-  train_data, _, _, _ = train.place_data(placement, task, phase.eval_batch_size)
+  train_data, _, _, _ = pipeline.place_data(placement, task, phase.eval_batch_size)
   train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(jax.random.key(0))))
   rows = placement.rows(data.epoch_rows(jax.random.key(1), 0, len(task.train), phase.batch_size))
   train_fn, _ = train.step_functions(setup, placement, phase,
@@ -401,7 +401,6 @@ def main(argv):
   del argv
   import jax
 
-  from tlflax import config as config_lib
   from tlflax.errors import UserError
   cache_dir = FLAGS.cache_dir or tempfile.mkdtemp(prefix="tlflax-bench-cache-")
   jax.config.update("jax_compilation_cache_dir", cache_dir)

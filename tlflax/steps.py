@@ -162,7 +162,7 @@ def _local(data: dict, batch: dict) -> tuple[dict, jax.Array]:
 def train_step_on_batch(state: TrainState, data: dict, batch: dict, *, model, tx,
                         axis_name: str | None = None, label_smoothing: float = 0.0,
                         crop_padding: int = 0, flip: bool = False) -> tuple[TrainState, dict]:
-  """Per shard: `train_step_on_data` on a batch streamed from the host (`stream.py`): `batch`
+  """Per shard: `train_step_on_data` on a batch streamed from the host (`pipeline.py`): `batch`
   holds this shard's examples of the global batch, `data` the normalisation and `aug_key`. Each
   example gets the augmentation key of its position in the global batch, as on the device path."""
   key = jax.random.fold_in(jax.random.wrap_key_data(data["aug_key"]), state.step)

@@ -6,7 +6,6 @@ devices, in `parallel.py`.
 
 import dataclasses
 import functools
-import itertools
 import os
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import optax
 
 from tlflax import checkpoint as checkpoint_lib
 from tlflax import data as data_lib
-from tlflax import models, monitor, parallel, preemption, probe, steps, stream, transfer
+from tlflax import models, monitor, parallel, pipeline, preemption, probe, steps, transfer
 from tlflax.errors import DIVERGED, Stopped, UserError, require
 from tlflax.monitor import MetricsWriter, Progress, read_metrics
 
@@ -122,7 +121,7 @@ def evaluate(eval_fn: Callable, state: steps.TrainState, parts: dict, batches: C
   `eval_fn(variables, *args)` summing over one batch for each `args` of `batches(first, last)`.
 
   `parts` maps a split name ('test', 'val') to its [first, last) batches of the evaluation table
-  (see `place_data`). Returns `{name}_loss`, `_accuracy`, `_top5`, `_count` for each.
+  (see `pipeline.place_data`). Returns `{name}_loss`, `_accuracy`, `_top5`, `_count` for each.
   """
   variables = steps.eval_variables(state)
   out = {}
@@ -209,7 +208,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
   restored and merged from a source model for transfer); otherwise a fresh init from `seed`.
   `placement` (default: every device, shard_map) decides where arrays live and how steps run;
   `data_cfg` (config.data) whether the splits live on the devices or stream from the host
-  (`stream.py`); process 0 alone writes metrics (and `hparams` for TensorBoard) and shows
+  (`pipeline.py`); process 0 alone writes metrics (and `hparams` for TensorBoard) and shows
   progress.
 
   Stops early with `errors.Stopped`: after a SIGTERM/SIGINT (`preemption`), with a checkpoint of
@@ -237,19 +236,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
 
   # --- Data on the devices (a full copy on each; each device builds its part of a batch), or
   # --- streamed from the host batch by batch when it does not fit them -------------------------
-  pipeline, why = stream.choose(data_cfg, task, placement)
-  streamer = None
-  if pipeline == "stream":
-    streamer = stream.Streamer(placement, task, phase.eval_batch_size,
-                               data_cfg.prefetch if data_cfg is not None else 2)
-    train_data, test_data, eval_rows, eval_parts = (dict(streamer.stats), streamer.stats, None,
-                                                    streamer.parts)
-    progress.note(f"streaming batches from host memory ({why})")
-  else:
-    train_data, test_data, eval_rows, eval_parts = place_data(placement, task,
-                                                               phase.eval_batch_size)
-    if data_cfg is not None and data_cfg.pipeline != "auto":
-      progress.note(f"data on the devices ({why})")
+  feed = pipeline.make_feed(data_cfg, placement, task, phase.eval_batch_size, progress.note)
 
   # --- Fresh state, or the latest checkpoint of this run ----------------------------------------
   base_model = models.from_config(model_cfg, task.num_classes)
@@ -300,11 +287,12 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
         monitor.truncate_metrics(run_dir, 0)  # stopped before its first checkpoint: start over
     state = at.state
     _, order_key, aug_key = jax.random.split(root_key, 3)
-    train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(aug_key)))
+    feed.train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(aug_key)))
 
     writer = MetricsWriter(run_dir, history if restored is not None else None,
                            resumed_step if restored is not None else 0, hparams) if main else None
-    cache = probe.FeatureCache(placement, base_model, phase, train_data, test_data, eval_rows)
+    cache = probe.FeatureCache(placement, base_model, phase, feed.train_data, feed.eval_data,
+                               feed.eval_rows)
     seconds = dict(at.seconds)
 
     def elapsed() -> dict:
@@ -335,8 +323,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
 
     for epoch in range(at.epoch, phase.epochs):
       policy = transfer.policy_at(transfer_cfg, epoch)
-      table = data_lib.epoch_rows(order_key, epoch, n_train, batch_size)
-      rows = placement.rows(table) if streamer is None else None
+      rows = feed.epoch(data_lib.epoch_rows(order_key, epoch, n_train, batch_size))
       if setup is None or setup.step_fn is None or policy != setup.policy:
         t_compile = time.perf_counter()
         if setup is None:
@@ -349,32 +336,26 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
           state = state.replace(opt_state=carry_opt_state(
               state.opt_state, placement.jit_replicated(setup.tx.init)(state.params)))
         setup.features = probe.mode_for(transfer_cfg, policy)
-        if setup.features and streamer is not None:
+        if setup.features and feed.name == "stream":
           progress.note("the cached linear probe needs the data on the devices: streamed, the "
                         "head trains on images through the frozen backbone")
           setup.features = None
         if setup.features:
           progress.note(f"cached linear probe ({setup.features} features): the head trains on "
                         "the frozen backbone's features")
-        if streamer is None:
-          train_args, eval_args = (train_data, rows), (cache.test_data, cache.eval_rows, 0)
-        else:
-          train_args = (train_data, streamer.example_train_args(batch_size)[1])
-          eval_args = (test_data,) + streamer.example_eval_args()[1:]
-        compile_steps(setup, placement, phase, state, base_model, cache, rows, train_args,
-                      eval_args, streamed=streamer is not None)
+        compile_steps(setup, placement, phase, state, base_model, cache, rows,
+                      *feed.example_args(rows, batch_size), streamed=feed.name == "stream")
         seconds["compile_s"] += time.perf_counter() - t_compile
         progress.note(f"compiled train and eval steps in {time.perf_counter() - t_compile:.1f}s")
 
       t_epoch = time.perf_counter()
       step_data = (cache.train(state, setup.features, rows, epoch * steps_per_epoch)
-                   if setup.features else train_data)
+                   if setup.features else None)
       if setup.features == "fixed":  # computed once per run: counted in features_s, not here
         t_epoch = time.perf_counter()
       first = at.step_in_epoch if epoch == at.epoch else 0
       sums = steps.zero_metrics() if first == 0 else _device_sums(at.sums)
-      batches = (itertools.repeat((step_data, rows)) if streamer is None else
-                 ((train_data, b) for _, b in streamer.train_batches(table, first)))
+      batches = feed.train_batches(rows, first, step_data)
       try:
         epoch_steps = _train_epoch(setup.step_fn, state, batches, epoch, steps_per_epoch,
                                    progress, first, sums, log_window)
@@ -395,13 +376,11 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
 
       last = epoch + 1 == phase.epochs
       record = None
-
       if (epoch + 1) % eval_every_epochs == 0 or last:
         record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": train_loss,
                   "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
-                  **evaluate(setup.eval_fn, state, eval_parts,
-                             streamer.eval_batches if streamer is not None else _on_device(
-                                 cache.test(state) if setup.features else test_data, eval_rows)),
+                  **evaluate(setup.eval_fn, state, feed.parts, feed.eval_batches(
+                      cache.test(state) if setup.features else None)),
                   "learning_rate": float(schedule(int(state.step) - 1)),
                   "epoch_s": epoch_s,
                   "img_per_s": (steps_per_epoch - first) * batch_size / epoch_s,
@@ -432,7 +411,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
              "resumed_from_epoch": at.epoch if restored is not None else 0,
              "resumed_from_step": resumed_step if restored is not None else 0,
              "mean": task.mean.tolist(), "std": task.std.tolist(),
-             "pipeline": pipeline, "class_names": list(task.class_names),
+             "pipeline": feed.name, "class_names": list(task.class_names),
              "final": history[-1] if history else None,
              "selected_on": monitor.selection_key(history).split("_")[0],
              "best": monitor.best_record(history)}
@@ -552,30 +531,6 @@ def compile_steps(setup: _Setup, placement, phase, state, base_model, cache, row
     eval_args = (abstract["test"],) + tuple(eval_args[1:])
   setup.step_fn = train_fn.lower(state, steps.zero_metrics(), *train_args).compile()
   setup.eval_fn = eval_fn.lower(steps.eval_variables(state), *eval_args).compile()
-
-
-def place_data(placement, task: data_lib.Task, eval_batch_size: int):
-  """The train split replicated on every device; the evaluation splits (test, then val if any)
-  likewise, each padded to whole batches of one size (a multiple of the device count); the table
-  of evaluation batches, and each split's [first, last) batches in it (see `evaluate`)."""
-  train_data = placement.replicate(data_lib.device_data(task.train, task.mean, task.std))
-  splits = {"test": task.test, **({"val": task.val} if task.val is not None else {})}
-  eval_bs = placement.round_up(min(eval_batch_size, max(len(s) for s in splits.values())))
-  padded = {name: data_lib.pad_for_eval(s, eval_bs) for name, s in splits.items()}
-  joined = data_lib.Split(np.concatenate([s.images for s in padded.values()]),
-                          np.concatenate([s.labels for s in padded.values()]))
-  eval_data = placement.replicate(data_lib.device_data(joined, task.mean, task.std))
-  parts, first = {}, 0
-  for name, s in padded.items():
-    parts[name] = (first, first + len(s) // eval_bs)
-    first = parts[name][1]
-  eval_rows = placement.rows(np.arange(len(joined), dtype=np.int32).reshape(first, eval_bs))
-  return train_data, eval_data, eval_rows, parts
-
-
-def _on_device(eval_data: dict, eval_rows) -> Callable:
-  """`evaluate`'s batches on the device path: batch i of the table `eval_rows` of `eval_data`."""
-  return lambda lo, hi: ((eval_data, eval_rows, i) for i in range(lo, hi))
 
 
 def _train_epoch(step_fn, state, batches, epoch, steps_per_epoch, progress, first=0, sums=None,

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tlflax import data, parallel, stream
+from tlflax import data, parallel, pipeline
 
 
 def _task(n=100, size=8):
@@ -22,16 +22,16 @@ def _cfg(pipeline="auto", budget=0.0):
 
 def test_a_task_streams_only_when_it_exceeds_the_device_budget():
   task, place = _task(), parallel.Placement.create()
-  need = stream.task_device_bytes(task)
+  need = pipeline.task_device_bytes(task)
   assert need == 110 * (8 * 8 * 3 + 4)
-  assert stream.choose(_cfg(budget=need / 2**30), task, place)[0] == "device"
-  kind, why = stream.choose(_cfg(budget=(need - 1) / 2**30), task, place)
+  assert pipeline.choose(_cfg(budget=need / 2**30), task, place)[0] == "device"
+  kind, why = pipeline.choose(_cfg(budget=(need - 1) / 2**30), task, place)
   assert kind == "stream" and "> the device budget" in why
-  assert stream.choose(_cfg("device", budget=1e-9), task, place) == ("device",
+  assert pipeline.choose(_cfg("device", budget=1e-9), task, place) == ("device",
                                                                       "data.pipeline='device'")
-  assert stream.choose(_cfg("stream"), task, place)[0] == "stream"
-  auto = stream.device_budget_bytes(0.0, place)  # CPU: a quarter of the host's share
-  assert 0 < auto < 2**50 and stream.choose(_cfg(), task, place)[0] == "device"
+  assert pipeline.choose(_cfg("stream"), task, place)[0] == "stream"
+  auto = pipeline.device_budget_bytes(0.0, place)  # CPU: a quarter of the host's share
+  assert 0 < auto < 2**50 and pipeline.choose(_cfg(), task, place)[0] == "device"
 
 
 def test_streamed_batches_hold_the_rows_of_the_epoch_table_and_padded_evaluation():
@@ -42,12 +42,12 @@ def test_streamed_batches_hold_the_rows_of_the_epoch_table_and_padded_evaluation
   test = data.Split(images[:7], labels[:7])
   task = data.Task("t", train, test, 50, np.zeros(3, np.float32), np.ones(3, np.float32),
                    val=data.Split(images[7:10], labels[7:10]))
-  streamer = stream.Streamer(parallel.Placement.create(), task, eval_batch_size=4)
+  feed = pipeline.StreamFeed(parallel.Placement.create(), task, eval_batch_size=4)
   table = np.array([[3, 1, 4, 1], [5, 9, 2, 6]], np.int32)
-  got = [np.asarray(b["labels"])[0].tolist() for _, b in streamer.train_batches(table, first=1)]
+  got = [np.asarray(b["labels"])[0].tolist() for _, b in feed.train_batches(table, first=1)]
   assert got == [[5, 9, 2, 6]]  # resumed after step 1: only step 2's rows
-  assert streamer.parts == {"test": (0, 2), "val": (2, 3)}
-  batches = list(streamer.eval_batches(0, 3))
+  assert feed.parts == {"test": (0, 2), "val": (2, 3)}
+  batches = list(feed.eval_batches()(0, 3))
   labels_seen = [np.asarray(b["labels"])[0].tolist() for _, b, _ in batches]
   assert labels_seen == [[0, 1, 2, 3], [4, 5, 6, -1], [7, 8, 9, -1]]
   np.testing.assert_array_equal(np.asarray(batches[1][1]["images"])[0, 3], 0)  # padding is blank
@@ -61,9 +61,9 @@ def test_prefetching_passes_errors_on_and_stops_its_thread_when_left_early():
     return i
 
   with pytest.raises(ValueError, match="bad batch 3"):
-    list(stream._prefetched(make, 5, 2))
+    list(pipeline._prefetched(make, 5, 2))
   before = threading.active_count()
-  it = stream._prefetched(lambda i: i, 1000, 2)
+  it = pipeline._prefetched(lambda i: i, 1000, 2)
   assert [next(it), next(it)] == [0, 1]
   it.close()
   assert threading.active_count() == before

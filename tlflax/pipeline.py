@@ -1,7 +1,10 @@
-"""Which data path a run takes, and the streaming one: batches from host memory to the devices.
+"""Where a run's batches come from: the splits on the devices, or streamed from host memory.
 
-By default a run keeps its splits on the devices, a full copy on each (`train.place_data`): no
-host work per step. A split too large for that (more than `data.device_budget_gb`, by default a
+`make_feed` picks one of two feeds with one interface, so `train.fit` runs either the same way.
+
+`DeviceFeed` (the default) keeps the splits on the devices, a full copy on each: every step
+gathers, augments and normalises its batch from there, with no host work. A split too large for
+that (more than `data.device_budget_gb`, by default a
 quarter of the smallest device's memory) streams instead: every step, each process gathers its
 own columns of the global batch from the host copy of the split (in RAM or memory-mapped, see
 `sources.host_array`), a background thread puts `data.prefetch` batches ahead on the devices, and
@@ -14,9 +17,10 @@ curve, and resumes mid-epoch exactly. The cached linear probe (`probe.py`) needs
 the devices; a streamed run trains its frozen backbone's head on images instead.
 """
 
+import itertools
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -66,6 +70,71 @@ def choose(data_cfg, task: data_lib.Task, placement) -> tuple[str, str]:
   return ("stream" if need > budget else "device"), gib
 
 
+def place_data(placement, task: data_lib.Task, eval_batch_size: int):
+  """The train split replicated on every device; the evaluation splits (test, then val if any)
+  likewise, each padded to whole batches of one size (a multiple of the device count); the table
+  of evaluation batches, and each split's [first, last) batches in it (see `train.evaluate`)."""
+  train_data = placement.replicate(data_lib.device_data(task.train, task.mean, task.std))
+  splits = {"test": task.test, **({"val": task.val} if task.val is not None else {})}
+  eval_bs = placement.round_up(min(eval_batch_size, max(len(s) for s in splits.values())))
+  padded = {name: data_lib.pad_for_eval(s, eval_bs) for name, s in splits.items()}
+  joined = data_lib.Split(np.concatenate([s.images for s in padded.values()]),
+                          np.concatenate([s.labels for s in padded.values()]))
+  eval_data = placement.replicate(data_lib.device_data(joined, task.mean, task.std))
+  parts, first = {}, 0
+  for name, s in padded.items():
+    parts[name] = (first, first + len(s) // eval_bs)
+    first = parts[name][1]
+  eval_rows = placement.rows(np.arange(len(joined), dtype=np.int32).reshape(first, eval_bs))
+  return train_data, eval_data, eval_rows, parts
+
+
+def make_feed(data_cfg, placement, task: data_lib.Task, eval_batch_size: int,
+              note: Callable[[str], None]):
+  """The feed config.data chooses for `task` (see `choose`); `note` says which when it streams
+  or was forced."""
+  kind, why = choose(data_cfg, task, placement)
+  if kind == "stream":
+    note(f"streaming batches from host memory ({why})")
+    return StreamFeed(placement, task, eval_batch_size,
+                      data_cfg.prefetch if data_cfg is not None else 2)
+  if data_cfg is not None and data_cfg.pipeline != "auto":
+    note(f"data on the devices ({why})")
+  return DeviceFeed(placement, task, eval_batch_size)
+
+
+class DeviceFeed:
+  """The splits on the devices. A step's arguments are the training data and the epoch's whole
+  table of example rows (the step picks its batch by its step number); an evaluation batch's,
+  the evaluation data, the table of evaluation rows and the batch's index in it.
+
+  `data` arguments let the cached linear probe put its features in place of the images."""
+
+  name = "device"
+
+  def __init__(self, placement, task: data_lib.Task, eval_batch_size: int):
+    self.placement = placement
+    self.train_data, self.eval_data, self.eval_rows, self.parts = place_data(
+        placement, task, eval_batch_size)
+
+  def epoch(self, table: np.ndarray):
+    """An epoch's (steps, batch) table of example rows, as the steps take it."""
+    return self.placement.rows(table)
+
+  def train_batches(self, rows, first: int = 0, data: dict | None = None) -> Iterator[tuple]:
+    del first  # the step picks its row of `rows` from its step number
+    return itertools.repeat((self.train_data if data is None else data, rows))
+
+  def eval_batches(self, data: dict | None = None) -> Callable[[int, int], Iterator[tuple]]:
+    data = self.eval_data if data is None else data
+    return lambda lo, hi: ((data, self.eval_rows, i) for i in range(lo, hi))
+
+  def example_args(self, rows, batch_size: int) -> tuple[tuple, tuple]:
+    """What the train and eval steps take besides the state, to compile them."""
+    del batch_size
+    return (self.train_data, rows), (self.eval_data, self.eval_rows, 0)
+
+
 def _prefetched(make, count: int, depth: int) -> Iterator:
   """make(0), make(1), ... make(count - 1), each computed `depth` ahead in a thread."""
   if count <= 0:
@@ -101,10 +170,14 @@ def _prefetched(make, count: int, depth: int) -> Iterator:
     thread.join(timeout=5)
 
 
-class Streamer:
+class StreamFeed:
   """Serves a task's batches from host memory: the training batches of an epoch and the padded
   evaluation batches of its test (and validation) split, placed over the devices as the per-shard
-  steps on batches (`steps.train_step_on_batch`, `steps.eval_step_on_batch`) take them."""
+  steps on batches (`steps.train_step_on_batch`, `steps.eval_step_on_batch`) take them. Each
+  step's arguments are the normalisation (`train_data`: mean, std and the augmentation key) and
+  the batch itself."""
+
+  name = "stream"
 
   def __init__(self, placement, task: data_lib.Task, eval_batch_size: int, prefetch: int = 2):
     self.placement = placement
@@ -112,6 +185,8 @@ class Streamer:
     self.prefetch = prefetch
     self.stats = placement.replicate({"mean": np.asarray(task.mean, np.float32),
                                       "std": np.asarray(task.std, np.float32)})
+    self.train_data = dict(self.stats)  # fit adds the augmentation key
+    self.eval_data, self.eval_rows = self.stats, None
     splits = {"test": task.test, **({"val": task.val} if task.val is not None else {})}
     self.eval_splits = list(splits.values())
     self.eval_batch = placement.round_up(min(eval_batch_size,
@@ -132,19 +207,28 @@ class Streamer:
     """This process's columns of one global batch as (1, batch, ...) arrays split by columns."""
     return self.placement.split({"images": images[None], "labels": labels[None]}, batch)
 
-  def train_batches(self, table: np.ndarray, first: int = 0) -> Iterator[tuple]:
-    """(stats, batch) for steps `first`.. of an epoch's (steps, batch) table of example rows."""
+  def epoch(self, table: np.ndarray) -> np.ndarray:
+    return table  # stays on the host: batches are gathered from it step by step
+
+  def train_batches(self, table: np.ndarray, first: int = 0, data: dict | None = None
+                    ) -> Iterator[tuple]:
+    """(train_data, batch) for steps `first`.. of an epoch's (steps, batch) table of rows."""
+    del data  # no cached features: the probe needs the device path
     batch = table.shape[1]
     lo, hi = self.placement.columns(batch)
     train = self.task.train
 
     def make(i):
       rows = table[first + i, lo:hi]
-      return self.stats, self._place(train.images[rows], train.labels[rows], batch)
+      return self.train_data, self._place(train.images[rows], train.labels[rows], batch)
 
     return _prefetched(make, table.shape[0] - first, self.prefetch)
 
-  def eval_batches(self, first: int, last: int) -> Iterator[tuple]:
+  def eval_batches(self, data: dict | None = None) -> Callable[[int, int], Iterator[tuple]]:
+    del data
+    return self._eval_batches
+
+  def _eval_batches(self, first: int, last: int) -> Iterator[tuple]:
     """(stats, batch, 0) for evaluation batches [first, last) of the padded table."""
     lo, hi = self.placement.columns(self.eval_batch)
 
@@ -162,14 +246,13 @@ class Streamer:
 
     return _prefetched(make, last - first, self.prefetch)
 
-  def example_train_args(self, batch: int) -> tuple:
-    """Arguments of the shape a training step takes (to compile it ahead of the epoch)."""
-    lo, hi = self.placement.columns(batch)
-    return self.stats, self._place(np.zeros((hi - lo,) + self.image_shape, np.uint8),
-                                   np.zeros((hi - lo,), np.int32), batch)
-
-  def example_eval_args(self) -> tuple:
+  def example_args(self, rows, batch_size: int) -> tuple[tuple, tuple]:
+    """What the train and eval steps take besides the state, to compile them (zero batches)."""
+    del rows
+    lo, hi = self.placement.columns(batch_size)
+    train = self._place(np.zeros((hi - lo,) + self.image_shape, np.uint8),
+                        np.zeros((hi - lo,), np.int32), batch_size)
     lo, hi = self.placement.columns(self.eval_batch)
-    return self.stats, self._place(np.zeros((hi - lo,) + self.image_shape, np.uint8),
-                                   np.full((hi - lo,), -1, np.int32), self.eval_batch), 0
-
+    evaluation = self._place(np.zeros((hi - lo,) + self.image_shape, np.uint8),
+                             np.full((hi - lo,), -1, np.int32), self.eval_batch)
+    return (self.train_data, train), (self.stats, evaluation, 0)
