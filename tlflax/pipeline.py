@@ -65,9 +65,13 @@ def choose(data_cfg, task: data_lib.Task, placement) -> tuple[str, str]:
     return pipeline, f"data.pipeline={pipeline!r}"
   budget = device_budget_bytes(data_cfg.device_budget_gb if data_cfg is not None else 0.0,
                                placement)
-  gib = f"{need / 2**30:.2f} GiB of images {'>' if need > budget else '<='} the device budget " \
-        f"of {budget / 2**30:.2f} GiB"
-  return ("stream" if need > budget else "device"), gib
+  why = (f"{_size(need)} of images {'>' if need > budget else '<='} the device budget of "
+         f"{_size(budget)}")
+  return ("stream" if need > budget else "device"), why
+
+
+def _size(nbytes: int) -> str:
+  return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def place_data(placement, task: data_lib.Task, eval_batch_size: int):
