@@ -194,6 +194,9 @@ def tfds_builder(name: str, data_dir: str | None, download: bool = True):
   require("image" in features and "label" in features,
           f"tfds dataset {name!r} has features {sorted(features)}; tlflax needs 'image' and "
           "'label': choose an image-classification dataset")
+  require(hasattr(features["label"], "num_classes"),
+          f"tfds dataset {name!r} has a 'label' that is not a class label "
+          f"({type(features['label']).__name__}): choose an image-classification dataset")
   return builder
 
 
@@ -219,6 +222,7 @@ def tfds_split(name: str, split: str, data_dir: str | None, *, image_size: int,
   images, labels = collect(ds, count, image_size, host_budget_gb, spill_dir)
   label = builder.info.features["label"]
   return Loaded(images, labels, label.num_classes, tuple(label.names))
+
 
 
 # ------------------------------------------------------------------------------------------------
