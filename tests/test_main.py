@@ -78,6 +78,7 @@ def _png_size(path):
                                   "(closest: target.epochs")),
     (["--config=smok"], ("no config named 'smok' (did you mean 'smoke'?): use one of "
                         "cifar10_to_cifar100, cifar10_to_cifar100_arms, smoke")),
+    (["--config=smoke:bogus"], "get_config() takes 0 positional arguments but 1 was given"),
     (["--config.data.pipeline=disk"], "config.data.pipeline must be one of auto, device, stream"),
     (["--config.target.resize=pad"], "config.target.resize must be one of squash, center_crop"),
     (["--config.target.dataset=folder:/nonexistent"], "dataset folder /nonexistent does not exist"),

@@ -81,6 +81,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except UserError as e:  # from a config file's get_config (e.g. a bad FILE:ARG)
     _fail(str(e))
   except flags.Error as e:
+    text = _message(e)
+    if "Error whilst parsing config file" in text:  # the config file raised; its last line says
+      reason = text.strip().splitlines()[-1].strip()
+      _fail(f"cannot load config {_config_path(argv)} ({reason}): fix the file, or pass a "
+            "shipped config's name, e.g. --config=smoke (NAME:ARG only where get_config takes "
+            "one)")
     _fail(f"{_first_line(e)} (see --helpshort)")
   except OSError as e:
     reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
