@@ -7,7 +7,7 @@ import sys
 
 from conftest import JAX_CACHE, REPO
 
-TINY = ["--config=configs/smoke.py", "--config.model.name=resnet10", "--config.model.width=4",
+TINY = ["--config=smoke", "--config.model.name=resnet10", "--config.model.width=4",
         "--config.target.batch_size=16", "--config.target.eval_batch_size=32",
         "--config.target.image_size=16", "--config.target.crop_padding=2"]
 

@@ -1,6 +1,6 @@
 """Benchmarks of the steps training runs, on the current devices, without any dataset.
 
-  python -m tlflax.bench --config=configs/smoke.py --json=b.json [--compare-torch]
+  python -m tlflax.bench --config=smoke --json=b.json [--compare-torch]
   python -m tlflax.bench --what=freeze --config=...
 
 `--what=step` (default): per variant — `full` (train everything), `stages:N` (stem and the first
@@ -27,6 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tlflax import config as config_lib
+from tlflax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("what", "step", ["step", "freeze", "startup"],
@@ -253,7 +254,6 @@ def startup_main(config) -> None:
 def compare_torch(config, num_classes: int, python: str) -> dict:
   """The same train step in PyTorch (tlflax/torch_reference.py), run by `python`."""
   from tlflax import models
-  from tlflax.errors import UserError
   phase = config.target
   stages = models.create_model(config.model.name, num_classes).stage_sizes
   script = os.path.join(os.path.dirname(__file__), "torch_reference.py")
@@ -401,7 +401,6 @@ def main(argv):
   del argv
   import jax
 
-  from tlflax.errors import UserError
   cache_dir = FLAGS.cache_dir or tempfile.mkdtemp(prefix="tlflax-bench-cache-")
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -438,5 +437,16 @@ def main(argv):
       json.dump(out, f, indent=2)
 
 
+def _named_config(argv: list[str]) -> list[str]:
+  """argv with `--config=NAME[:ARG]` of a shipped config replaced by its file's path."""
+  return [f"--config={config_lib.config_path(a.split('=', 1)[1])}" if a.startswith("--config=")
+          else a for a in argv]
+
+
 if __name__ == "__main__":
+  try:
+    sys.argv = _named_config(sys.argv)
+  except UserError as e:
+    print(f"tlflax.bench: error: {e}", file=sys.stderr)
+    sys.exit(2)
   app.run(main)
