@@ -152,34 +152,25 @@ def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, mo
                    axis_name=axis_name)
 
 
-def _local(data: dict, batch: dict) -> tuple[dict, jax.Array]:
-  """A streamed batch (this shard's (1, b, ...) columns) as on-device data and its rows."""
-  local = {"images": batch["images"][0], "labels": batch["labels"][0], "mean": data["mean"],
-           "std": data["std"]}
-  return local, jnp.arange(batch["labels"].shape[1])
+def _as_on_device(data: dict, batch: dict) -> tuple[dict, jax.Array]:
+  """A streamed batch (this shard's (1, b, ...) columns) as the on-device data of `b` examples
+  and a one-row table of their rows, so the `_on_data` steps take it unchanged."""
+  local = {**data, "images": batch["images"][0], "labels": batch["labels"][0]}
+  return local, jnp.arange(batch["labels"].shape[1])[None]
 
 
-def train_step_on_batch(state: TrainState, data: dict, batch: dict, *, model, tx,
-                        axis_name: str | None = None, label_smoothing: float = 0.0,
-                        crop_padding: int = 0, flip: bool = False) -> tuple[TrainState, dict]:
+def train_step_on_batch(state: TrainState, data: dict, batch: dict, **kwargs
+                        ) -> tuple[TrainState, dict]:
   """Per shard: `train_step_on_data` on a batch streamed from the host (`pipeline.py`): `batch`
   holds this shard's examples of the global batch, `data` the normalisation and `aug_key`. Each
   example gets the augmentation key of its position in the global batch, as on the device path."""
-  key = jax.random.fold_in(jax.random.wrap_key_data(data["aug_key"]), state.step)
-  local, rows = _local(data, batch)
-  batch = data_lib.shard_train_batch(local, rows, key, axis_name=axis_name,
-                                     crop_padding=crop_padding, flip=flip)
-  return train_step(state, batch, model=model, tx=tx, axis_name=axis_name,
-                    label_smoothing=label_smoothing)
+  return train_step_on_data(state, *_as_on_device(data, batch), **kwargs)
 
 
-def eval_step_on_batch(variables: dict, data: dict, batch: dict, index, *, model,
-                       axis_name: str | None = None) -> dict:
-  """Per shard: `eval_step` on a streamed evaluation batch (`index` is unused, 0)."""
+def eval_step_on_batch(variables: dict, data: dict, batch: dict, index, **kwargs) -> dict:
+  """Per shard: `eval_step_on_data` on a streamed evaluation batch (`index` is unused, 0)."""
   del index
-  local, rows = _local(data, batch)
-  return eval_step(variables, data_lib.shard_eval_batch(local, rows), model=model,
-                   axis_name=axis_name)
+  return eval_step_on_data(variables, *_as_on_device(data, batch), 0, **kwargs)
 
 
 def zero_metrics() -> dict:
