@@ -22,9 +22,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
+import jax
 import numpy as np
 
 from tlflax import data as data_lib
+from tlflax import sources
 
 DEVICE_SHARE = 4  # data.device_budget_gb=0: a quarter of the smallest device's memory
 
@@ -40,7 +42,7 @@ def device_budget_bytes(budget_gb: float, placement) -> int:
   RAM: a quarter of it over the devices of this process)."""
   if budget_gb:
     return int(budget_gb * 2**30)
-  devices = [d for d in placement.mesh.devices.flat if d.process_index == _process_index()]
+  devices = [d for d in placement.mesh.devices.flat if d.process_index == jax.process_index()]
   limits = []
   for d in devices:
     stats = d.memory_stats() or {}
@@ -48,13 +50,7 @@ def device_budget_bytes(budget_gb: float, placement) -> int:
       limits.append(int(stats["bytes_limit"]))
   if limits:
     return min(limits) // DEVICE_SHARE
-  from tlflax import sources
-  return 2 * sources.host_budget_bytes(0.0) // (DEVICE_SHARE * max(len(devices), 1))
-
-
-def _process_index() -> int:
-  import jax
-  return jax.process_index()
+  return sources.available_bytes() // (DEVICE_SHARE * max(len(devices), 1))
 
 
 def choose(data_cfg, task: data_lib.Task, placement) -> tuple[str, str]:
@@ -74,22 +70,31 @@ def _size(nbytes: int) -> str:
   return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def place_data(placement, task: data_lib.Task, eval_batch_size: int):
-  """The train split replicated on every device; the evaluation splits (test, then val if any)
-  likewise, each padded to whole batches of one size (a multiple of the device count); the table
-  of evaluation batches, and each split's [first, last) batches in it (see `train.evaluate`)."""
-  train_data = placement.replicate(data_lib.device_data(task.train, task.mean, task.std))
+def eval_layout(placement, task: data_lib.Task, eval_batch_size: int
+                ) -> tuple[dict, int, dict]:
+  """How evaluation covers a task: its splits (test, then val if any), the batch size (a
+  multiple of the device count, at most the largest split rounded up), and each split's
+  [first, last) batches in one table where every split is padded to whole batches."""
   splits = {"test": task.test, **({"val": task.val} if task.val is not None else {})}
-  eval_bs = placement.round_up(min(eval_batch_size, max(len(s) for s in splits.values())))
-  padded = {name: data_lib.pad_for_eval(s, eval_bs) for name, s in splits.items()}
-  joined = data_lib.Split(np.concatenate([s.images for s in padded.values()]),
-                          np.concatenate([s.labels for s in padded.values()]))
-  eval_data = placement.replicate(data_lib.device_data(joined, task.mean, task.std))
+  batch = placement.round_up(min(eval_batch_size, max(len(s) for s in splits.values())))
   parts, first = {}, 0
-  for name, s in padded.items():
-    parts[name] = (first, first + len(s) // eval_bs)
+  for name, split in splits.items():
+    parts[name] = (first, first - (-len(split) // batch))
     first = parts[name][1]
-  eval_rows = placement.rows(np.arange(len(joined), dtype=np.int32).reshape(first, eval_bs))
+  return splits, batch, parts
+
+
+def place_data(placement, task: data_lib.Task, eval_batch_size: int):
+  """The train split replicated on every device; the evaluation splits likewise, padded and
+  joined as `eval_layout` says; the table of evaluation batches, and each split's [first, last)
+  batches in it (see `train.evaluate`)."""
+  train_data = placement.replicate(data_lib.device_data(task.train, task.mean, task.std))
+  splits, eval_bs, parts = eval_layout(placement, task, eval_batch_size)
+  padded = [data_lib.pad_for_eval(s, eval_bs) for s in splits.values()]
+  joined = data_lib.Split(np.concatenate([s.images for s in padded]),
+                          np.concatenate([s.labels for s in padded]))
+  eval_data = placement.replicate(data_lib.device_data(joined, task.mean, task.std))
+  eval_rows = placement.rows(np.arange(len(joined), dtype=np.int32).reshape(-1, eval_bs))
   return train_data, eval_data, eval_rows, parts
 
 
@@ -191,18 +196,15 @@ class StreamFeed:
                                       "std": np.asarray(task.std, np.float32)})
     self.train_data = dict(self.stats)  # fit adds the augmentation key
     self.eval_data, self.eval_rows = self.stats, None
-    splits = {"test": task.test, **({"val": task.val} if task.val is not None else {})}
+    splits, self.eval_batch, self.parts = eval_layout(placement, task, eval_batch_size)
     self.eval_splits = list(splits.values())
-    self.eval_batch = placement.round_up(min(eval_batch_size,
-                                             max(len(s) for s in splits.values())))
     # Row r of the padded evaluation table: split `source[r]` (-1: padding), example `index[r]`.
-    source, index, self.parts, first = [], [], {}, 0
+    source, index = [], []
     for k, (name, split) in enumerate(splits.items()):
-      padded = -(-len(split) // self.eval_batch) * self.eval_batch
-      source.append(np.where(np.arange(padded) < len(split), k, -1))
-      index.append(np.minimum(np.arange(padded), len(split) - 1))
-      self.parts[name] = (first, first + padded // self.eval_batch)
-      first = self.parts[name][1]
+      first, last = self.parts[name]
+      padded = np.arange((last - first) * self.eval_batch)
+      source.append(np.where(padded < len(split), k, -1))
+      index.append(np.minimum(padded, len(split) - 1))
     self._source = np.concatenate(source).astype(np.int32)
     self._index = np.concatenate(index).astype(np.int64)
     self.image_shape = task.train.images.shape[1:]

@@ -99,16 +99,19 @@ def fit_image(image, size: int, resize: str):
   return tf.ensure_shape(out, (size, size, 3))
 
 
-def host_budget_bytes(host_budget_gb: float) -> int:
-  """The RAM a decoded split may take: `host_budget_gb`, or half of what is available now."""
-  if host_budget_gb:
-    return int(host_budget_gb * 2**30)
+def available_bytes() -> int:
+  """The host memory available now (MemAvailable; the physical memory where that is unknown)."""
   try:
     with open("/proc/meminfo") as f:
       info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-    return info.get("MemAvailable", info["MemTotal"]) // 2
+    return info.get("MemAvailable", info["MemTotal"])
   except (OSError, KeyError, ValueError, IndexError):
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def host_budget_bytes(host_budget_gb: float) -> int:
+  """The RAM a decoded split may take: `host_budget_gb`, or half of what is available now."""
+  return int(host_budget_gb * 2**30) if host_budget_gb else available_bytes() // 2
 
 
 def host_array(shape: tuple, host_budget_gb: float = 0.0, spill_dir: str = "") -> np.ndarray:
