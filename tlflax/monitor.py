@@ -122,11 +122,7 @@ def write_event(run_dir: str, event: dict) -> None:
 
 
 def _read_lines(run_dir: str) -> list[dict]:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -144,10 +140,7 @@ def truncate_metrics(run_dir: str, last_epoch: int) -> list[dict]:
   every event, and returns the records kept."""
   lines = _read_lines(run_dir)
   kept = [r for r in lines if "event" in r or r["epoch"] <= last_epoch]
-  path = os.path.join(run_dir, "metrics.jsonl")
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in kept)
-  os.replace(path + ".tmp", path)
+  _write_jsonl(os.path.join(run_dir, "metrics.jsonl"), kept)
   return [r for r in kept if "event" not in r]
 
 
