@@ -437,15 +437,9 @@ def main(argv):
       json.dump(out, f, indent=2)
 
 
-def _named_config(argv: list[str]) -> list[str]:
-  """argv with `--config=NAME[:ARG]` of a shipped config replaced by its file's path."""
-  return [f"--config={config_lib.config_path(a.split('=', 1)[1])}" if a.startswith("--config=")
-          else a for a in argv]
-
-
 if __name__ == "__main__":
   try:
-    sys.argv = _named_config(sys.argv)
+    sys.argv = config_lib.named_config_argv(sys.argv)
   except UserError as e:
     print(f"tlflax.bench: error: {e}", file=sys.stderr)
     sys.exit(2)

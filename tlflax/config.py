@@ -323,6 +323,18 @@ def config_path(value: str) -> str:
   return f"{path}{sep}{arg}"
 
 
+def named_config_argv(argv: list[str]) -> list[str]:
+  """argv with a `--config=NAME[:ARG]` (or `--config NAME`) of a shipped config replaced by its
+  file's path, as absl's config flag loads it (`config_path`)."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + config_path(arg.split("=", 1)[1])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = config_path(out[i + 1])
+  return out
+
+
 _PHASE_HELP = {
     "dataset": "tfds name, 'synthetic10'/'synthetic100', or 'folder:/path' (one sub-folder a class)",
     "train_split": "split trained on: a tfds split string, e.g. 'train' or 'train[:90%]'",

@@ -68,7 +68,7 @@ def _fail(message: str) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad flag or config ends in one line and exit 2, not a usage dump."""
   try:
-    argv = _named_config(argv)
+    argv = config_lib.named_config_argv(argv)
     if _DEFINE_ERROR is not None:
       raise _DEFINE_ERROR
     rest = FLAGS(argv)
@@ -101,17 +101,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 _HELP = ("--help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?")
-
-
-def _named_config(argv: list[str]) -> list[str]:
-  """argv with `--config=NAME[:ARG]` (or `--config NAME`) replaced by the shipped file's path."""
-  out = list(argv)
-  for i, arg in enumerate(out):
-    if arg.startswith("--config="):
-      out[i] = "--config=" + config_lib.config_path(arg.split("=", 1)[1])
-    elif arg == "--config" and i + 1 < len(out):
-      out[i + 1] = config_lib.config_path(out[i + 1])
-  return out
 
 
 def _config_path(argv: list[str]) -> str:
