@@ -174,7 +174,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"config.{name}.grad_clip_norm must be >= 0, got {phase.grad_clip_norm}")
     if phase.resize not in RESIZE:
       raise UserError(f"config.{name}.resize must be one of {', '.join(RESIZE)}, got "
-                      f"{phase.resize!r}")
+                      f"{phase.resize!r}: set --config.{name}.resize={RESIZE[0]}")
   _validate_data(config.data)
   if config.checkpoint.keep < 1 or config.checkpoint.every_epochs < 1:
     raise UserError("config.checkpoint.keep and config.checkpoint.every_epochs must be >= 1")
@@ -194,7 +194,7 @@ PIPELINES = ("auto", "device", "stream")
 def _validate_data(d) -> None:
   if d.pipeline not in PIPELINES:
     raise UserError(f"config.data.pipeline must be one of {', '.join(PIPELINES)}, got "
-                    f"{d.pipeline!r}")
+                    f"{d.pipeline!r}: set --config.data.pipeline={PIPELINES[0]}")
   for key in ("device_budget_gb", "host_budget_gb"):
     if d[key] < 0:
       raise UserError(f"config.data.{key} must be >= 0 (0: automatic), got {d[key]}")
