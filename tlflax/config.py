@@ -113,6 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
   })
   config.log_every_steps = 50
   config.eval_every_epochs = 1
+  # the report counts finished runs (summary.json) only, and lists the others; True counts
+  # unfinished runs too, every experiment's curves cut to the epochs its seeds share
+  config.report = ml_collections.ConfigDict({"include_unfinished": False})
   return config
 
 
@@ -391,6 +394,7 @@ KEY_HELP = {
     "checkpoint.async_save": "write checkpoints in the background",
     "log_every_steps": "progress line and TensorBoard training scalars every N steps",
     "eval_every_epochs": "evaluate every N epochs (and after the last)",
+    "report.include_unfinished": "the report counts unfinished runs too (default: lists them)",
     **{f"{phase}.{key}": f"{phase}: {text}" for phase in ("source", "target")
        for key, text in _PHASE_HELP.items()},
 }

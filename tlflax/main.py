@@ -175,7 +175,7 @@ def run(mode: str, config, workdir: str):
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
   if mode == "report":
-    return study.write_report(workdir)
+    return study.write_report(workdir, config.report.include_unfinished)
   config_lib.validate(config)
   if mode == "config":
     print(config_lib.describe(config), flush=True)

@@ -3,13 +3,18 @@
 Reads every run folder of a workdir: `DIR/<experiment>/seed_N/` (as `--mode=compare` writes
 them) and `DIR/scratch/`, `DIR/transfer/` (single-mode runs), each seed of an experiment counted
 once, and writes `DIR/report/`:
-  report.md     the study's three claims with a verdict each, then a table of every experiment
-  summary.json  every experiment: budget, seeds, per-epoch means and stds, best and final figures
-  loss.png, accuracy.png   test curves (mean ± std over seeds) at the largest label budget
+  report.md     the study's three claims with a verdict each (`claims.py`), a table of every
+                experiment, and every unfinished run folder with how far it got
+  summary.json  every experiment: budget, seeds, per-epoch mean, std, min and max over seeds,
+                best and final figures; the unfinished runs
+  loss.png, accuracy.png   test curves (mean over seeds, min-max band) at the largest label
+                budget; the loss on a log axis
   time.png      test accuracy against wall-clock seconds, transfer shifted by the pretraining
   labels.png    test accuracy against labelled examples per class (with two budgets or more)
-"Best" is the epoch of best validation accuracy where the runs have a validation split, else of
-best test accuracy, which the report then says. Nothing is trained here: redraw it at any time.
+Only finished runs (with summary.json) count, unless `include_unfinished`; an experiment with no
+finished run is listed as not finished, not drawn. "Best" is the epoch of best validation
+accuracy where the runs have a validation split, else of best test accuracy, which the report
+then says. Nothing is trained here: redraw it at any time.
 """
 
 import dataclasses
@@ -20,24 +25,10 @@ import os
 
 import numpy as np
 
+from tlflax import claims, rundir
 from tlflax.errors import UserError
-from tlflax.monitor import best_record, read_metrics
+from tlflax.monitor import best_record, read_events, read_metrics
 from tlflax.rundir import read_json
-
-# The study's claims, and the epochs they name.
-WITHIN_EPOCHS = 25  # claims 1 and 2: transfer gets there within this many epochs
-SCRATCH_EPOCHS = 30  # claim 2: what scratch reaches in this many epochs
-OVERFIT_EPOCH = 60  # claim 3: scratch overfits after about this many epochs ...
-OVERFIT_WINDOW = (40, 80)  # ... read as: its test loss is lowest in this range of epochs
-RISE = 0.01  # ... and then ends at least 1% above that minimum while its train loss still falls
-CLAIMS = (
-    f"Transfer reaches a lower test loss than scratch ever does, within {WITHIN_EPOCHS} epochs.",
-    (f"Transfer reaches, within {WITHIN_EPOCHS} epochs, a test accuracy that scratch does not "
-     f"reach in {SCRATCH_EPOCHS}."),
-    (f"Scratch overfits after about {OVERFIT_EPOCH} epochs (its test loss is lowest at an epoch "
-     f"in {OVERFIT_WINDOW[0]}-{OVERFIT_WINDOW[1]} and rises afterwards while its train loss "
-     "still falls)."))
-HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be judged"
 
 _SCRATCH_COLOUR, _STUDY_COLOUR = "tab:red", "tab:blue"
 _PALETTE = ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
@@ -63,31 +54,80 @@ class _Group:
   arm_order: int = 0
 
 
-def _groups(workdir: str) -> dict[str, _Group]:
-  """Every experiment with metrics in `workdir`. A seed counts once per experiment: a seed_N
-  folder wins over a single-mode run folder of the same seed."""
-  found = []  # (experiment, seeded, run_dir, config, budget)
+@dataclasses.dataclass(frozen=True)
+class _Folder:
+  """A scratch or transfer run folder of the workdir, finished (summary.json) or not."""
+
+  name: str  # its experiment
+  run_dir: str
+  seeded: bool  # a study's seed_N folder (wins over a single-mode folder of the same seed)
+  config: dict
+  budget: int
+  finished: bool
+
+
+def _folders(workdir: str) -> list[_Folder]:
+  """Every scratch or transfer run folder of `workdir` with metrics or a summary."""
+  found = []
   for base in sorted(glob.glob(os.path.join(workdir, "*"))):
     for run_dir in [base] + sorted(glob.glob(os.path.join(base, "seed_*"))):
       config = read_json(os.path.join(run_dir, "config.json")) or {}
-      if config.get("mode") not in ("scratch", "transfer") or not read_metrics(run_dir):
+      finished = rundir.finished(run_dir) is not None
+      if config.get("mode") not in ("scratch", "transfer") or not (
+          finished or read_metrics(run_dir)):
         continue
       budget = int((config.get("target") or {}).get("examples_per_class") or 0)
       name = (config.get("study") or {}).get("experiment") or (
           os.path.basename(base) + (f"_{budget}shot" if budget else ""))  # as a study names it
-      found.append((name, run_dir != base, run_dir, config, budget))
+      found.append(_Folder(name, run_dir, run_dir != base, config, budget, finished))
+  return found
+
+
+def _groups(folders: list[_Folder]) -> dict[str, _Group]:
+  """The experiments of `folders`, each seed counted once: a seed_N folder wins over a
+  single-mode run folder of the same seed."""
   groups: dict[str, _Group] = {}
-  for name, _, run_dir, config, budget in sorted(found, key=lambda f: not f[1]):  # seeded first
-    arm = (config.get("study") or {}).get("arm") if config["mode"] == "transfer" else None
-    g = groups.setdefault(name, _Group(name, config["mode"], arm, budget))
-    arms = list((config.get("arms") or {}).keys())
+  for f in sorted(folders, key=lambda f: not f.seeded):  # seeded first
+    mode = f.config["mode"]
+    arm = (f.config.get("study") or {}).get("arm") if mode == "transfer" else None
+    g = groups.setdefault(f.name, _Group(f.name, mode, arm, f.budget))
+    arms = list((f.config.get("arms") or {}).keys())
     g.arm_order = arms.index(arm) if arm in arms else len(arms)
-    if config.get("seed") in g.seeds:
+    if f.config.get("seed") in g.seeds:
       continue
-    g.runs.append(run_dir)
-    g.seeds.append(config.get("seed"))
+    g.runs.append(f.run_dir)
+    g.seeds.append(f.config.get("seed"))
   return dict(sorted(groups.items(), key=lambda kv: (
       _budget_rank(kv[1].budget), kv[1].mode != "scratch", kv[1].arm_order, kv[0])))
+
+
+def _planned_epochs(config: dict, records: list[dict]) -> int | None:
+  """The epochs a run was set to train: target.epochs, raised by min_steps (as `fit` does, with
+  the steps per epoch its records show)."""
+  target = config.get("target") or {}
+  epochs, min_steps = target.get("epochs"), target.get("min_steps") or 0
+  if epochs is None:
+    return None
+  last = records[-1] if records else None
+  if min_steps and last and last.get("step") and last.get("epoch"):
+    epochs = max(epochs, -(-min_steps // (last["step"] // last["epoch"])))
+  return int(epochs)
+
+
+def _unfinished(workdir: str, f: _Folder) -> dict:
+  """How far an unfinished run folder got, and why it stopped where its metrics say."""
+  records, events = read_metrics(f.run_dir), read_events(f.run_dir)
+  last = events[-1] if events else None
+  if last and last["event"] == "diverged":
+    state = f"diverged at step {last['step']} (epoch {last['epoch']})"
+  elif last and last["event"] == "interrupted" and (not records or
+                                                     records[-1]["step"] <= last["step"]):
+    state = f"interrupted by {last.get('signal', 'a signal')} at step {last['step']}"
+  else:
+    state = "no summary.json: still training, or killed or crashed without a trace"
+  return {"run": os.path.relpath(f.run_dir, workdir), "experiment": f.name,
+          "seed": f.config.get("seed"), "epoch": records[-1]["epoch"] if records else 0,
+          "epochs": _planned_epochs(f.config, records), "state": state}
 
 
 def _budget_rank(budget: int) -> float:
@@ -101,8 +141,8 @@ def _main_budget(experiments: dict) -> list[dict]:
 
 
 def find_runs(workdir: str, experiment: str) -> list[str]:
-  """The run folders (one per seed) of an experiment of `workdir`."""
-  g = _groups(workdir).get(experiment)
+  """The finished run folders (one per seed) of an experiment of `workdir`."""
+  g = _groups([f for f in _folders(workdir) if f.finished]).get(experiment)
   return sorted(g.runs) if g else []
 
 
@@ -112,16 +152,27 @@ def find_runs(workdir: str, experiment: str) -> list[str]:
 
 
 def _mean_std(values) -> dict | None:
+  """Mean, sample std (ddof=1; None for one value), count, min and max of the finite values."""
   values = np.asarray([v for v in values if v is not None], dtype=float)
   values = values[np.isfinite(values)]
   if not values.size:
     return None
-  return {"mean": float(values.mean()), "std": float(values.std()), "n": int(values.size)}
+  return {"mean": float(values.mean()),
+          "std": float(values.std(ddof=1)) if values.size > 1 else None,
+          "n": int(values.size), "min": float(values.min()), "max": float(values.max())}
+
+
+def _curve(values: np.ndarray) -> dict:
+  """Per-epoch mean, sample std (None for one seed), min and max of a [seed][epoch] array."""
+  return {"mean": values.mean(0).tolist(),
+          "std": values.std(0, ddof=1).tolist() if len(values) > 1 else None,
+          "min": values.min(0).tolist(), "max": values.max(0).tolist()}
 
 
 def _experiment(workdir: str, g: _Group) -> dict | None:
   """The figures of one experiment over its seeds (None when its runs share no evaluated
-  epoch)."""
+  epoch). Curves are cut to the epochs every seed evaluated; `cut` says so when one seed ran
+  further."""
   records = [{r["epoch"]: r for r in read_metrics(d) if "test_accuracy" in r} for d in g.runs]
   epochs = sorted(set.intersection(*(set(r) for r in records)))
   if not epochs:
@@ -129,21 +180,21 @@ def _experiment(workdir: str, g: _Group) -> dict | None:
   rows = [[r[e] for e in epochs] for r in records]  # [seed][epoch] records
   select = "val" if all("val_accuracy" in x for row in rows for x in row) else "test"
   best = [best_record(row, f"{select}_accuracy") for row in rows]
-  curves = {}
-  for key in CURVE_KEYS:
-    if all(key in x for row in rows for x in row):
-      values = np.array([[x[key] for x in row] for row in rows], dtype=float)
-      curves[key] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist()}
+  curves = {key: _curve(np.array([[x[key] for x in row] for row in rows], dtype=float))
+            for key in CURVE_KEYS if all(key in x for row in rows for x in row)}
   lowest = [min(row, key=lambda x: (x["test_loss"], x["epoch"])) for row in rows]
   summaries = [read_json(os.path.join(d, "summary.json")) or {} for d in g.runs]
   per_class = [s["train_examples"] / s["num_classes"] for s in summaries
                if s.get("train_examples") and s.get("num_classes")]
+  longest = max(max(r) for r in records)
   out = {
       "name": g.name, "mode": g.mode, "arm": g.arm, "budget": g.budget,
       "examples_per_class": (float(np.mean(per_class)) if per_class else
                              (float(g.budget) if g.budget else None)),
       "seeds": g.seeds, "runs": [os.path.relpath(r, workdir) for r in g.runs],
       "epochs": epochs, "curves": curves, "selected_on": select,
+      "cut": ({"to_epoch": epochs[-1], "longest_epoch": longest} if longest > epochs[-1]
+              else None),
       "best": {"epoch": _mean_std([b["epoch"] for b in best]),
                "test_accuracy": _mean_std([b["test_accuracy"] for b in best])},
       "final": {"test_accuracy": _mean_std([row[-1]["test_accuracy"] for row in rows]),
@@ -170,105 +221,23 @@ def _study_pair(experiments: dict) -> tuple[dict | None, dict | None]:
   return scratch, transfer
 
 
-def _verdict(number: int, verdict: str, epoch: int | None, evidence: str) -> dict:
-  return {"claim": CLAIMS[number - 1], "verdict": verdict, "epoch": epoch, "evidence": evidence}
-
-
-def judge_claims(scratch: dict | None, transfer: dict | None) -> list[dict]:
-  """The study's three claims judged on the mean curves (over seeds) of a scratch and a transfer
-  experiment: each a verdict (holds / does not hold / cannot be judged), the epoch it names, and
-  the numbers it rests on."""
-  if scratch is None or transfer is None:
-    missing = "scratch" if scratch is None else "transfer"
-    return [_verdict(i, UNKNOWN, None, f"no {missing} runs to compare") for i in (1, 2, 3)]
-  es, et = scratch["epochs"], transfer["epochs"]
-  cs, ct = scratch["curves"], transfer["curves"]
-  return [_claim_loss(es, cs["test_loss"]["mean"], et, ct["test_loss"]["mean"]),
-          _claim_accuracy(es, cs["test_accuracy"]["mean"], et, ct["test_accuracy"]["mean"]),
-          _claim_overfit(es, cs["test_loss"]["mean"], (cs.get("train_loss") or {}).get("mean"))]
-
-
-def _claim_loss(es, loss_s, et, loss_t) -> dict:
-  i = int(np.argmin(loss_s))
-  floor = f"scratch's lowest mean test loss {loss_s[i]:.4f} (epoch {es[i]} of {es[-1]})"
-  below = [(e, v) for e, v in zip(et, loss_t) if v < loss_s[i]]
-  if below and below[0][0] <= WITHIN_EPOCHS:
-    e, v = below[0]
-    return _verdict(1, HOLDS, e, f"transfer's mean test loss {v:.4f} at epoch {e} is below "
-                    f"{floor}")
-  best = int(np.argmin(loss_t))
-  seen = f"transfer's lowest is {loss_t[best]:.4f} at epoch {et[best]}"
-  if below:
-    return _verdict(1, FAILS, below[0][0], f"transfer gets below {floor} only at epoch "
-                    f"{below[0][0]}, after {WITHIN_EPOCHS}")
-  if et[-1] < WITHIN_EPOCHS:
-    return _verdict(1, UNKNOWN, None, f"{seen}, not below {floor}, and it ran only {et[-1]} of "
-                    f"{WITHIN_EPOCHS} epochs")
-  return _verdict(1, FAILS, None, f"{seen}, not below {floor}")
-
-
-def _claim_accuracy(es, acc_s, et, acc_t) -> dict:
-  window = [i for i, e in enumerate(es) if e <= SCRATCH_EPOCHS]
-  if not window or et[0] > WITHIN_EPOCHS:
-    return _verdict(2, UNKNOWN, None, f"scratch has no evaluation in its first {SCRATCH_EPOCHS} "
-                    f"epochs or transfer none in its first {WITHIN_EPOCHS} (see "
-                    "eval_every_epochs)")
-  i = max(window, key=lambda k: acc_s[k])
-  bar = f"scratch's best mean test accuracy in its first {SCRATCH_EPOCHS} epochs " \
-        f"({acc_s[i]:.4f}, epoch {es[i]})"
-  above = [(e, v) for e, v in zip(et, acc_t) if v > acc_s[i] and e <= WITHIN_EPOCHS]
-  if es[-1] < SCRATCH_EPOCHS:
-    got = (f"transfer's mean test accuracy {above[0][1]:.4f} at epoch {above[0][0]} exceeds "
-           f"{bar}" if above else f"transfer does not exceed {bar}")
-    return _verdict(2, UNKNOWN, above[0][0] if above else None,
-                    f"{got}, but scratch ran only {es[-1]} of {SCRATCH_EPOCHS} epochs")
-  if above:
-    e, v = above[0]
-    return _verdict(2, HOLDS, e, f"transfer's mean test accuracy {v:.4f} at epoch {e} exceeds "
-                    f"{bar}")
-  j = max((k for k, e in enumerate(et) if e <= WITHIN_EPOCHS), key=lambda k: acc_t[k])
-  seen = f"transfer's best in its first {WITHIN_EPOCHS} epochs is {acc_t[j]:.4f} (epoch {et[j]})"
-  if et[-1] < WITHIN_EPOCHS:
-    return _verdict(2, UNKNOWN, None, f"{seen}, not above {bar}, and it ran only {et[-1]} of "
-                    f"{WITHIN_EPOCHS} epochs")
-  return _verdict(2, FAILS, None, f"{seen}, not above {bar}")
-
-
-def _claim_overfit(es, loss_s, train_s) -> dict:
-  if train_s is None:
-    return _verdict(3, UNKNOWN, None, "the scratch runs recorded no train loss")
-  i = int(np.argmin(loss_s))
-  rises = loss_s[-1] > loss_s[i] * (1 + RISE)
-  falls = train_s[-1] < train_s[i]
-  if i + 1 == len(es):
-    at = (f"scratch's mean test loss is lowest at its last epoch, {es[i]} ({loss_s[i]:.4f})")
-  else:
-    at = (f"scratch's mean test loss is lowest at epoch {es[i]} ({loss_s[i]:.4f}) and ends at "
-          f"{loss_s[-1]:.4f} (epoch {es[-1]}); its train loss goes {train_s[i]:.4f} -> "
-          f"{train_s[-1]:.4f} meanwhile")
-  if rises and falls:
-    inside = OVERFIT_WINDOW[0] <= es[i] <= OVERFIT_WINDOW[1]
-    return _verdict(3, HOLDS if inside else FAILS, es[i],
-                    at + ("" if inside else f": it overfits after epoch {es[i]}, not about "
-                          f"{OVERFIT_EPOCH}"))
-  if es[-1] < OVERFIT_WINDOW[1]:
-    return _verdict(3, UNKNOWN, None, f"{at}: no overfitting yet, and scratch ran only "
-                    f"{es[-1]} epochs")
-  return _verdict(3, FAILS, None, f"{at}: no overfitting in {es[-1]} epochs")
-
-
-def summarize(workdir: str) -> dict:
-  """The numbers of the study for every experiment present in `workdir`, and the claims."""
+def summarize(workdir: str, include_unfinished: bool = False) -> dict:
+  """The numbers of the study for every experiment in `workdir`, and the claims. Only finished
+  runs (with summary.json) count unless `include_unfinished`; `unfinished` lists the others
+  either way."""
+  folders = _folders(workdir)
   experiments = {}
-  for name, g in _groups(workdir).items():
+  for name, g in _groups([f for f in folders if f.finished or include_unfinished]).items():
     e = _experiment(workdir, g)
     if e is not None:
       experiments[name] = e
-  out: dict = {"workdir": os.path.abspath(workdir), "experiments": experiments}
+  out: dict = {"workdir": os.path.abspath(workdir), "experiments": experiments,
+               "include_unfinished": include_unfinished,
+               "unfinished": [_unfinished(workdir, f) for f in folders if not f.finished]}
   scratch, transfer = _study_pair(experiments)
   out["claims_on"] = {"scratch": scratch and scratch["name"],
                       "transfer": transfer and transfer["name"]}
-  out["claims"] = judge_claims(scratch, transfer)
+  out["claims"] = claims.judge_claims(scratch, transfer)
   pretrain = read_json(os.path.join(workdir, "pretrain", "summary.json"))
   if pretrain:
     out["pretrain"] = {"dataset": pretrain.get("dataset"), "wall_s": pretrain.get("wall_s"),
@@ -320,18 +289,29 @@ def _save(plt, fig, ax, xlabel: str, ylabel: str, path: str) -> None:
   plt.close(fig)
 
 
-def _plot_curves(summary: dict, key: str, ylabel: str, path: str) -> None:
+def _band(ax, x, curve: dict, colour: str) -> None:
+  """The min-max range over seeds: inside what the seeds reached, never an impossible value."""
+  if curve.get("std") is not None:  # two seeds or more
+    ax.fill_between(x, curve["min"], curve["max"], color=colour, alpha=0.2, linewidth=0)
+
+
+def _plot_curves(summary: dict, key: str, ylabel: str, path: str, log: bool = False) -> None:
+  """Mean over seeds with the min-max band, per epoch, at the largest budget; `log`: a log y
+  axis, so a few early spikes (BatchNorm statistics of a barely trained net) do not flatten the
+  rest."""
   import matplotlib.ticker
   plt, (fig, ax) = _figure()
   colours = _colours(summary["experiments"])
   for e in _main_budget(summary["experiments"]):
-    mean, std = (np.array(e["curves"][key][k]) for k in ("mean", "std"))
-    ax.plot(e["epochs"], mean, color=colours[e["name"]], label=_label(e["name"], e["seeds"]))
-    if len(e["seeds"]) > 1:
-      ax.fill_between(e["epochs"], mean - std, mean + std, color=colours[e["name"]], alpha=0.2,
-                      linewidth=0)
+    curve = e["curves"][key]
+    ax.plot(e["epochs"], curve["mean"], color=colours[e["name"]],
+            label=_label(e["name"], e["seeds"]))
+    _band(ax, e["epochs"], curve, colours[e["name"]])
+  if log:
+    ax.set_yscale("log")
   ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-  _save(plt, fig, ax, "epoch", ylabel, path)
+  ax.set_title("mean over seeds, band: min-max over seeds", fontsize="medium")
+  _save(plt, fig, ax, "epoch", ylabel + (" (log scale)" if log else ""), path)
 
 
 def _plot_time(summary: dict, path: str) -> None:
@@ -344,9 +324,11 @@ def _plot_time(summary: dict, path: str) -> None:
       continue
     offset = shift if e["mode"] == "transfer" else 0.0
     label = _label(e["name"], e["seeds"]) + (f", + {offset:.0f} s pretraining" if offset else "")
-    ax.plot(np.array(e["curves"]["wall_s"]["mean"]) + offset,
-            e["curves"]["test_accuracy"]["mean"], color=colours[e["name"]], label=label,
+    x = np.array(e["curves"]["wall_s"]["mean"]) + offset
+    ax.plot(x, e["curves"]["test_accuracy"]["mean"], color=colours[e["name"]], label=label,
             marker=".")
+    _band(ax, x, e["curves"]["test_accuracy"], colours[e["name"]])
+  ax.set_title("mean over seeds, band: min-max over seeds", fontsize="medium")
   _save(plt, fig, ax, "wall-clock seconds (transfer: after its pretraining)",
         "test accuracy", path)
 
@@ -370,16 +352,19 @@ def _plot_labels(summary: dict, path: str) -> None:
   for name, line in _families(summary["experiments"]).items():
     line = sorted(line, key=lambda e: e["examples_per_class"])
     x = np.array([e["examples_per_class"] for e in line])
-    mean = np.array([e["best"]["test_accuracy"]["mean"] for e in line])
-    std = np.array([e["best"]["test_accuracy"]["std"] for e in line])
+    stats = [e["best"]["test_accuracy"] for e in line]
     colour = colours[line[0]["name"]]
-    ax.plot(x, mean, color=colour, marker="o", label=_label(name, line[0]["seeds"]))
-    ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+    ax.plot(x, [s["mean"] for s in stats], color=colour, marker="o",
+            label=_label(name, line[0]["seeds"]))
+    if any(s["std"] is not None for s in stats):
+      ax.fill_between(x, [s["min"] for s in stats], [s["max"] for s in stats], color=colour,
+                      alpha=0.2, linewidth=0)
     ticks.update(x.tolist())
   ax.set_xscale("log")
   ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
   ax.minorticks_off()
-  ax.set_title(f"at each seed's best epoch, {_selection_words(summary)}", fontsize="medium")
+  ax.set_title(f"at each seed's best epoch, {_selection_words(summary)}; band: min-max",
+               fontsize="medium")
   _save(plt, fig, ax, "labelled training examples per class (log scale)", "test accuracy", path)
 
 
@@ -396,7 +381,11 @@ def _selection_words(summary: dict) -> str:
 
 
 def _fmt(stat: dict | None, digits: int = 4) -> str:
-  return "n/a" if stat is None else f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+  if stat is None:
+    return "n/a"
+  if stat["std"] is None:
+    return f"{stat['mean']:.{digits}f}"
+  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def _budget_words(e: dict) -> str:
@@ -405,17 +394,46 @@ def _budget_words(e: dict) -> str:
   return f"all ({e['examples_per_class']:.0f})" if e["examples_per_class"] else "all"
 
 
-def _markdown(summary: dict) -> str:
-  exps = summary["experiments"]
+def _claim_lines(summary: dict) -> list[str]:
   on = summary["claims_on"]
   pair = (f"Judged on the mean curves over seeds of `{on['scratch']}` and `{on['transfer']}` "
-          "(the largest label budget), from the metrics on disk." if all(on.values()) else
-          "They need scratch and transfer runs at one label budget.")
-  lines = ["# Transfer study", "", "## The study's claims", "", pair, ""]
+          "(the largest label budget), from the metrics of finished runs on disk. A verdict "
+          "holds or fails only where the curves it compares ran long enough and were evaluated "
+          "at every epoch it reads." if all(on.values()) else
+          "They need finished scratch and transfer runs at one label budget.")
+  lines = ["## The study's claims", "", pair, ""]
   for i, c in enumerate(summary["claims"], 1):
     where = f" (epoch {c['epoch']})" if c["epoch"] is not None else ""
+    basis = f" Rests on {c['rests_on']}." if c.get("rests_on") else ""
     lines.append(f"{i}. **{c['verdict']}**{where}: {c['claim']} {c['evidence'][0].upper()}"
-                 f"{c['evidence'][1:]}.")
+                 f"{c['evidence'][1:]}.{basis}")
+  return lines
+
+
+def _unfinished_lines(summary: dict) -> list[str]:
+  """Every unfinished run folder, how far it got, and whether the figures count it."""
+  runs = summary["unfinished"]
+  if not runs:
+    return []
+  counted = summary["include_unfinished"]
+  lines = ["", "## Unfinished runs", "",
+           ("Counted in the figures above (include_unfinished), cut to the epochs their "
+            "experiment's seeds share:" if counted else
+            "Not counted in any figure above (rerun the command that started them to finish "
+            "them; `--config.report.include_unfinished=true` counts them):"), ""]
+  for r in runs:
+    planned = f" of {r['epochs']}" if r["epochs"] else ""
+    lines.append(f"- `{r['run']}` ({r['experiment']}, seed {r['seed']}): evaluated up to epoch "
+                 f"{r['epoch']}{planned}; {r['state']}")
+  missing = sorted({r["experiment"] for r in runs} - set(summary["experiments"]))
+  if missing:
+    lines += ["", "Not finished, so not drawn: " + ", ".join(f"`{m}`" for m in missing) + "."]
+  return lines
+
+
+def _markdown(summary: dict) -> str:
+  exps = summary["experiments"]
+  lines = ["# Transfer study", ""] + _claim_lines(summary)
   selected = {e["selected_on"] for e in exps.values()}
   lines += ["", "## Experiments", ""]
   if selected == {"val"}:
@@ -426,12 +444,17 @@ def _markdown(summary: dict) -> str:
                  + ": every \"best\" figure below is selected on the test set**, so it is an "
                  "optimistic estimate. Set `val_split` (and a `train_split` without it) for an "
                  "honest selection.")
-  lines += ["", "Mean ± std over seeds. Curves: `loss.png`, `accuracy.png` (largest budget; "
-            "scratch red, the study's transfer arm blue, other arms in their own colours), "
-            "`time.png` (test accuracy against wall-clock seconds, transfer counting its "
-            "pretraining)" + (", `labels.png`." if "labels.png" in summary.get("figures", ())
-                             else "."), "",
-            ("| experiment | labels/class | seeds | selected on | best test acc | best epoch "
+  lines += ["", "Mean ± sample standard deviation (ddof=1) over seeds; a single seed shows its "
+            "value alone. Curves: `loss.png` (log scale), `accuracy.png` (largest budget; mean "
+            "over seeds, band from the lowest to the highest seed; scratch red, the study's "
+            "transfer arm blue, other arms in their own colours), `time.png` (test accuracy "
+            "against wall-clock seconds, transfer counting its pretraining)"
+            + (", `labels.png`." if "labels.png" in summary.get("figures", ()) else "."), ""]
+  cut = [f"- `{e['name']}`: its curves and figures cover epochs {e['epochs'][0]}-"
+         f"{e['cut']['to_epoch']}, the epochs all its seeds evaluated; its longest seed "
+         f"reached epoch {e['cut']['longest_epoch']}." for e in exps.values() if e["cut"]]
+  lines += cut + ([""] if cut else [])
+  lines += [("| experiment | labels/class | seeds | selected on | best test acc | best epoch "
              "| final test acc | min test loss | epoch of min test loss | wall-clock s |"),
             "|---|---|---|---|---|---|---|---|---|---|"]
   for e in exps.values():
@@ -449,13 +472,21 @@ def _markdown(summary: dict) -> str:
     lines += ["", (f"Pretraining on {p['dataset']}: final test accuracy "
               f"{acc if acc is None else format(acc, '.4f')}, {p['wall_s'] or 0:.1f} s "
               "wall-clock (counted in `time.png`).")]
+  lines += _unfinished_lines(summary)
   return "\n".join(lines) + "\n"
 
 
-def require_runs(workdir: str) -> dict:
+def require_runs(workdir: str, include_unfinished: bool = False) -> dict:
   """The summary of `workdir`, or a `UserError` when it holds nothing to report."""
-  summary = summarize(workdir)
+  summary = summarize(workdir, include_unfinished)
   if not summary["experiments"]:
+    runs = summary["unfinished"]
+    if runs:
+      listed = ", ".join(f"{r['run']} at epoch {r['epoch']}" for r in runs[:5]) + (
+          ", ..." if len(runs) > 5 else "")
+      raise UserError(f"{workdir} holds no finished scratch or transfer run, only unfinished ones "
+                      f"({listed}): rerun the command that started them to finish them, or pass "
+                      "--config.report.include_unfinished=true")
     raise UserError(f"{workdir} holds no scratch or transfer runs with metrics: run "
                     "--mode=compare (or --mode=scratch / --mode=transfer) there first")
   return summary
@@ -471,15 +502,16 @@ def _arms(workdir: str, summary: dict) -> dict:
   return out
 
 
-def write_report(workdir: str, summary: dict | None = None) -> str:
+def write_report(workdir: str, summary: dict | None = None,
+                 include_unfinished: bool = False) -> str:
   """Writes DIR/report/ from the metrics on disk (summarised by `require_runs` unless given)
   and returns that folder."""
-  summary = summary or require_runs(workdir)
+  summary = summary or require_runs(workdir, include_unfinished)
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   summary["arms"] = _arms(workdir, summary)
   figures = ["loss.png", "accuracy.png", "time.png"]
-  _plot_curves(summary, "test_loss", "test loss", os.path.join(out, "loss.png"))
+  _plot_curves(summary, "test_loss", "test loss", os.path.join(out, "loss.png"), log=True)
   _plot_curves(summary, "test_accuracy", "test accuracy", os.path.join(out, "accuracy.png"))
   _plot_time(summary, os.path.join(out, "time.png"))
   if len({e["budget"] for e in summary["experiments"].values()}) > 1:

@@ -82,14 +82,14 @@ def run_compare(config, workdir: str, placement=None) -> str:
     for exp in todo:
       runner.run_phase(exp.mode, exp.config(config, seed), workdir, exp.run_dir(workdir, seed),
                        source if exp.mode == "transfer" else None, placement, exp.record())
-  return write_report(workdir)
+  return write_report(workdir, config.report.include_unfinished)
 
 
-def write_report(workdir: str) -> str:
+def write_report(workdir: str, include_unfinished: bool = False) -> str:
   """The report, drawn by process 0 only (every process checks there is something to report)."""
   from tlflax import parallel, report
   out = os.path.join(workdir, "report")
-  summary = report.require_runs(workdir)
+  summary = report.require_runs(workdir, include_unfinished)
   if parallel.is_main_process():
     out = report.write_report(workdir, summary)
     logging.info("report written to %s", out)

@@ -1,0 +1,161 @@
+"""The study's three claims, judged on the mean curves over seeds of a scratch and a transfer
+experiment, with verdicts that cannot overclaim.
+
+A claim compares extremes of curves: scratch's lowest test loss, its best accuracy in 30 epochs,
+the epoch of its lowest loss. An extreme read off a curve that stops too early, or that skips
+epochs, is only a bound on the real one, so each verdict states what it needs:
+  holds            the compared extremes are real: the curve they come from ran through the
+                   claim's window and was evaluated at every epoch of it
+  does not hold    the same of the curve whose extreme would have made it hold
+  cannot be judged otherwise, with the reason
+Every verdict names the experiments, seeds and epochs it rests on.
+"""
+
+import numpy as np
+
+WITHIN_EPOCHS = 25  # claims 1 and 2: transfer gets there within this many epochs
+SCRATCH_EPOCHS = 30  # claim 2: what scratch reaches in this many epochs
+OVERFIT_EPOCH = 60  # claim 3: scratch overfits after about this many epochs ...
+OVERFIT_WINDOW = (40, 80)  # ... read as: its test loss is lowest in this range of epochs
+RISE = 0.01  # ... and then ends at least 1% above that minimum while its train loss still falls
+CLAIMS = (
+    f"Transfer reaches a lower test loss than scratch ever does, within {WITHIN_EPOCHS} epochs.",
+    (f"Transfer reaches, within {WITHIN_EPOCHS} epochs, a test accuracy that scratch does not "
+     f"reach in {SCRATCH_EPOCHS}."),
+    (f"Scratch overfits after about {OVERFIT_EPOCH} epochs (its test loss is lowest at an epoch "
+     f"in {OVERFIT_WINDOW[0]}-{OVERFIT_WINDOW[1]} and rises afterwards while its train loss "
+     "still falls)."))
+HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be judged"
+
+
+def _verdict(number: int, verdict: str, epoch: int | None, evidence: str,
+             rests_on: str = "") -> dict:
+  return {"claim": CLAIMS[number - 1], "verdict": verdict, "epoch": epoch, "evidence": evidence,
+          "rests_on": rests_on}
+
+
+def _unseen(epochs: list[int], upto: int) -> list[int]:
+  """The epochs 1..upto at which a curve has no evaluation."""
+  return sorted(set(range(1, upto + 1)) - set(epochs))
+
+
+def _gap_text(who: str, epochs: list[int], upto: int) -> str:
+  missing = _unseen(epochs, upto)
+  return (f"{who} was evaluated at {upto - len(missing)} of its first {upto} epochs (see "
+          "eval_every_epochs), so its extremes may lie between evaluations")
+
+
+def _rests_on(*experiments: dict) -> str:
+  """'scratch: seeds 0, 1, epochs 1-100; transfer_full: ...'"""
+  return "; ".join(f"{e['name']}: seed{'s' * (len(e['seeds']) > 1)} "
+                   f"{', '.join(str(s) for s in e['seeds'])}, epochs {e['epochs'][0]}-"
+                   f"{e['epochs'][-1]}" for e in experiments)
+
+
+def judge_claims(scratch: dict | None, transfer: dict | None) -> list[dict]:
+  """The three claims on a scratch and a transfer experiment (the report's experiment dicts:
+  name, seeds, epochs, curves): each a verdict, the epoch it names, the numbers it rests on."""
+  if scratch is None or transfer is None:
+    missing = "scratch" if scratch is None else "transfer"
+    return [_verdict(i, UNKNOWN, None, f"no finished {missing} runs to compare")
+            for i in (1, 2, 3)]
+  s, t = scratch, transfer
+  out = [_claim_loss(s["epochs"], s["curves"]["test_loss"]["mean"], t["epochs"],
+                     t["curves"]["test_loss"]["mean"]),
+         _claim_accuracy(s["epochs"], s["curves"]["test_accuracy"]["mean"], t["epochs"],
+                         t["curves"]["test_accuracy"]["mean"]),
+         _claim_overfit(s["epochs"], s["curves"]["test_loss"]["mean"],
+                        (s["curves"].get("train_loss") or {}).get("mean"))]
+  for verdict, basis in zip(out, (_rests_on(s, t), _rests_on(s, t), _rests_on(s))):
+    verdict["rests_on"] = basis
+  return out
+
+
+def _claim_loss(es, loss_s, et, loss_t) -> dict:
+  """Claim 1. 'Holds' needs scratch's lowest loss to be real: scratch ran at least 25 epochs,
+  was evaluated at every one of them, and its loss is lowest before its last evaluation.
+  'Does not hold' needs transfer's first 25 epochs, every one evaluated."""
+  i = int(np.argmin(loss_s))
+  floor = f"scratch's lowest mean test loss {loss_s[i]:.4f} (epoch {es[i]} of {es[-1]})"
+  below = [(e, v) for e, v in zip(et, loss_t) if v < loss_s[i]]
+  if below and below[0][0] <= WITHIN_EPOCHS:
+    e, v = below[0]
+    got = f"transfer's mean test loss {v:.4f} at epoch {e} is below {floor}"
+    if es[-1] < WITHIN_EPOCHS:
+      return _verdict(1, UNKNOWN, e, f"{got}, but scratch ran only {es[-1]} of "
+                      f"{WITHIN_EPOCHS} epochs: its lowest loss is only an upper bound")
+    if i + 1 == len(es):
+      return _verdict(1, UNKNOWN, e, f"{got}, but scratch's loss was still falling at its last "
+                      "evaluation: its lowest loss is only an upper bound")
+    if _unseen(es, es[-1]):
+      return _verdict(1, UNKNOWN, e, f"{got}, but {_gap_text('scratch', es, es[-1])}")
+    return _verdict(1, HOLDS, e, got)
+  best = int(np.argmin(loss_t))
+  seen = f"transfer's lowest is {loss_t[best]:.4f} at epoch {et[best]}"
+  if et[-1] < WITHIN_EPOCHS:
+    return _verdict(1, UNKNOWN, None, f"{seen}, not below {floor}, and it ran only {et[-1]} of "
+                    f"{WITHIN_EPOCHS} epochs")
+  if _unseen(et, WITHIN_EPOCHS):
+    return _verdict(1, UNKNOWN, None, f"{seen}, not below {floor}, but "
+                    + _gap_text("transfer", et, WITHIN_EPOCHS))
+  if below:
+    return _verdict(1, FAILS, below[0][0], f"transfer gets below {floor} only at epoch "
+                    f"{below[0][0]}, after {WITHIN_EPOCHS}")
+  return _verdict(1, FAILS, None, f"{seen}, not below {floor}")
+
+
+def _claim_accuracy(es, acc_s, et, acc_t) -> dict:
+  """Claim 2. 'Holds' needs scratch's best of its first 30 epochs, every one evaluated;
+  'does not hold' needs transfer's first 25, every one evaluated."""
+  window = [i for i, e in enumerate(es) if e <= SCRATCH_EPOCHS]
+  if not window or et[0] > WITHIN_EPOCHS:
+    return _verdict(2, UNKNOWN, None, f"scratch has no evaluation in its first {SCRATCH_EPOCHS} "
+                    f"epochs or transfer none in its first {WITHIN_EPOCHS} (see "
+                    "eval_every_epochs)")
+  i = max(window, key=lambda k: acc_s[k])
+  bar = f"scratch's best mean test accuracy in its first {SCRATCH_EPOCHS} epochs " \
+        f"({acc_s[i]:.4f}, epoch {es[i]})"
+  above = [(e, v) for e, v in zip(et, acc_t) if v > acc_s[i] and e <= WITHIN_EPOCHS]
+  if above:
+    e, v = above[0]
+    got = f"transfer's mean test accuracy {v:.4f} at epoch {e} exceeds {bar}"
+    if es[-1] < SCRATCH_EPOCHS:
+      return _verdict(2, UNKNOWN, e, f"{got}, but scratch ran only {es[-1]} of "
+                      f"{SCRATCH_EPOCHS} epochs")
+    if _unseen(es, SCRATCH_EPOCHS):
+      return _verdict(2, UNKNOWN, e, f"{got}, but {_gap_text('scratch', es, SCRATCH_EPOCHS)}")
+    return _verdict(2, HOLDS, e, got)
+  j = max((k for k, e in enumerate(et) if e <= WITHIN_EPOCHS), key=lambda k: acc_t[k])
+  seen = f"transfer's best in its first {WITHIN_EPOCHS} epochs is {acc_t[j]:.4f} (epoch {et[j]})"
+  if et[-1] < WITHIN_EPOCHS:
+    return _verdict(2, UNKNOWN, None, f"{seen}, not above {bar}, and it ran only {et[-1]} of "
+                    f"{WITHIN_EPOCHS} epochs")
+  if _unseen(et, WITHIN_EPOCHS):
+    return _verdict(2, UNKNOWN, None, f"{seen}, not above {bar}, but "
+                    + _gap_text("transfer", et, WITHIN_EPOCHS))
+  return _verdict(2, FAILS, None, f"{seen}, not above {bar}")
+
+
+def _claim_overfit(es, loss_s, train_s) -> dict:
+  """Claim 3. Any verdict needs scratch to have run through the window (80 epochs): before
+  that, its lowest loss may still come later."""
+  if train_s is None:
+    return _verdict(3, UNKNOWN, None, "the scratch runs recorded no train loss")
+  i = int(np.argmin(loss_s))
+  rises = loss_s[-1] > loss_s[i] * (1 + RISE)
+  falls = train_s[-1] < train_s[i]
+  if i + 1 == len(es):
+    at = (f"scratch's mean test loss is lowest at its last epoch, {es[i]} ({loss_s[i]:.4f})")
+  else:
+    at = (f"scratch's mean test loss is lowest at epoch {es[i]} ({loss_s[i]:.4f}) and ends at "
+          f"{loss_s[-1]:.4f} (epoch {es[-1]}); its train loss goes {train_s[i]:.4f} -> "
+          f"{train_s[-1]:.4f} meanwhile")
+  if es[-1] < OVERFIT_WINDOW[1]:
+    return _verdict(3, UNKNOWN, None, f"{at}, but scratch ran only {es[-1]} of "
+                    f"{OVERFIT_WINDOW[1]} epochs: its lowest loss may still come later")
+  if rises and falls:
+    inside = OVERFIT_WINDOW[0] <= es[i] <= OVERFIT_WINDOW[1]
+    return _verdict(3, HOLDS if inside else FAILS, es[i],
+                    at + ("" if inside else f": it overfits after epoch {es[i]}, not about "
+                          f"{OVERFIT_EPOCH}"))
+  return _verdict(3, FAILS, None, f"{at}: no overfitting in {es[-1]} epochs")
