@@ -153,3 +153,16 @@ def test_cache_mode_follows_policy_and_bad_values_are_user_errors():
     config_lib.validate(config)
   assert [probe.check_mode(v) for v in (True, "True", "fixed", "augmented", False, "off")] == [
       "fixed", "fixed", "fixed", "augmented", None, None]
+
+
+def test_features_cached_before_the_backbone_trained_are_not_reused_after(task, tmp_path):
+  """backbone -> none (epoch 2 trains the backbone) -> backbone again: epoch 3's head must train
+  on the trained backbone's features, as the uncached probe does, not on epoch 1's (no
+  augmentation, so fixed features are exactly what the uncached probe sees)."""
+  phase = _phase(epochs=3, crop_padding=0, flip=False)
+  schedule = {"unfreeze": ((1, "none"), (2, "backbone"))}
+  cached = _fit(task, tmp_path / "cached", phase, True, **schedule)
+  plain = _fit(task, tmp_path / "plain", phase, False, **schedule)
+  np.testing.assert_allclose(_curve(cached), _curve(plain), rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(cached.state.params), jax.tree.leaves(plain.state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -9,6 +9,10 @@ flips the uncached probe would see, so it trains exactly as the uncached probe d
 
 Features are gathered to every device in example order, so a step picks its batch by example
 index, as the image steps do; the state, optimizer, checkpoints and metrics are the run's own.
+
+Cached features are valid only for the backbone they came from: each is stored with a bitwise
+fingerprint of the backbone's parameters and BatchNorm statistics, and recomputed whenever the
+backbone it is asked for has another (a schedule that trained the backbone in between).
 """
 
 import dataclasses
@@ -111,6 +115,20 @@ def eval_step(variables: dict, data: dict, rows: jax.Array, index, *, model,
   return steps.eval_sums(logits, labels, labels >= 0, axis_name)
 
 
+def backbone_fingerprint(variables: dict) -> jax.Array:
+  """One uint32 a leaf of the backbone (every parameter and BatchNorm statistic but the head's):
+  the sum over elements of their bits times an odd number per position, modulo 2**32, so any
+  change of any single element changes it."""
+  def one(x):
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32).ravel()
+    odd = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+    return jnp.sum(bits * odd, dtype=jnp.uint32)
+
+  leaves = [x for path, x in jax.tree_util.tree_flatten_with_path(variables)[0]
+            if "head" not in (getattr(k, "key", None) for k in path)]
+  return jnp.stack([one(x) for x in leaves])
+
+
 # ------------------------------------------------------------------------------------------------
 # On the host
 # ------------------------------------------------------------------------------------------------
@@ -119,8 +137,9 @@ def eval_step(variables: dict, data: dict, rows: jax.Array, index, *, model,
 @dataclasses.dataclass
 class FeatureCache:
   """The cached features of one phase on the devices of `placement`: the test split's once, the
-  training split's once ('fixed') or per epoch ('augmented'). `seconds` counts computing them
-  (not compiling: `compile` does that ahead)."""
+  training split's once ('fixed') or per epoch ('augmented'), each again whenever the backbone
+  differs from the one they were computed with. `seconds` counts computing them (not compiling:
+  `compile` does that ahead)."""
 
   placement: object
   model: object
@@ -173,16 +192,24 @@ class FeatureCache:
                    "labels": data["labels"]}
     return out
 
+  def _fingerprint(self, variables) -> np.ndarray:
+    if "fingerprint" not in self._fns:
+      self._fns["fingerprint"] = jax.jit(backbone_fingerprint)
+    return np.asarray(self._fns["fingerprint"](variables))
+
   def _get(self, name: str, state, mode: str, rows, first_step: int) -> dict:
     data, table, augment = self._job(name, mode, rows)
-    fresh = augment or name not in self._cached
-    if fresh:
+    variables = steps.eval_variables(state)
+    backbone = self._fingerprint(variables)
+    cached = self._cached.get(name)
+    if augment or cached is None or not np.array_equal(cached["backbone"], backbone):
       t0 = time.perf_counter()
-      feats = self._fns[self._fn(data, table, augment)](steps.eval_variables(state), data, table,
+      feats = self._fns[self._fn(data, table, augment)](variables, data, table,
                                                         np.int32(first_step))
-      self._cached[name] = {"features": jax.block_until_ready(feats), "labels": data["labels"]}
+      self._cached[name] = {"features": jax.block_until_ready(feats), "labels": data["labels"],
+                            "backbone": backbone}
       self.seconds += time.perf_counter() - t0
-    return self._cached[name]
+    return {k: self._cached[name][k] for k in ("features", "labels")}
 
   def test(self, state) -> dict:
     """Features and labels of the (padded) test split, in the order `eval_rows` reads them."""
