@@ -191,6 +191,22 @@ def run_cli(args, tmp_path, timeout=600, env=None):
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
+# A value set in the environment of CLI runs that read datasets; it must never reach a log or file.
+SECRET = "tlflax-test-secret-7f3a9c"
+SECRET_ENV = {"TLFLAX_TEST_SECRET": SECRET}
+
+
+def assert_nothing_secret(result, *folders) -> None:
+  """Neither the output of `result` (a run_cli run with SECRET_ENV) nor any file under `folders`
+  holds SECRET, and no AutoGraph warning was printed (its text can be the whole environment)."""
+  assert SECRET not in result.stdout and SECRET not in result.stderr
+  assert "AutoGraph" not in result.stderr and "environ(" not in result.stderr
+  files = [p for folder in folders for p in pathlib.Path(folder).rglob("*") if p.is_file()]
+  assert files
+  for path in files:
+    assert SECRET.encode() not in path.read_bytes(), path
+
+
 # A tiny scratch run through the CLI: ResNet-10 width 4 on 16x16 synthetic images, 2 epochs of
 # 32 steps, progress every step. The fault tests interrupt it; `tiny_scratch` is it uninterrupted.
 TINY_STEPS = 32

@@ -6,7 +6,13 @@ import json
 import ml_collections
 import numpy as np
 import pytest
-from conftest import TINY_SIZES_COLOURS, run_cli, tiny_sizes_image
+from conftest import (
+  SECRET_ENV,
+  TINY_SIZES_COLOURS,
+  assert_nothing_secret,
+  run_cli,
+  tiny_sizes_image,
+)
 from PIL import Image
 
 from tlflax import data, sources
@@ -132,7 +138,7 @@ def test_folder_mistakes_are_one_line_user_errors(tmp_path):
     sources.folder_split(str(tmp_path / "bad"), "validation", image_size=8)
 
 
-def test_a_folder_dataset_trains_through_the_cli_and_names_its_classes(tmp_path):
+def test_a_folder_dataset_trains_through_the_cli_names_its_classes_and_leaks_no_secret(tmp_path):
   rng = np.random.default_rng(2)
   for name in COLOURS:
     _write_images(tmp_path / "pets" / name, name, 10, rng)
@@ -143,8 +149,9 @@ def test_a_folder_dataset_trains_through_the_cli_and_names_its_classes(tmp_path)
                     "--config.target.resize=center_crop", "--config.model.name=resnet10",
                     "--config.model.width=4", "--config.target.epochs=2",
                     "--config.target.batch_size=8", "--config.target.eval_batch_size=8"],
-                   tmp_path)
+                   tmp_path, env=SECRET_ENV)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert_nothing_secret(result, workdir)
   summary = json.loads((workdir / "scratch" / "summary.json").read_text())
   assert summary["class_names"] == ["blue", "green", "red"]
   assert (summary["num_classes"], summary["train_examples"], summary["test_examples"]) == (3, 24, 6)

@@ -2,7 +2,15 @@
 
 import numpy as np
 import pytest
-from conftest import CIFAR10_TEST, CIFAR10_TRAIN_PER_FILE, CIFAR100_TEST, CIFAR100_TRAIN, run_cli
+from conftest import (
+  CIFAR10_TEST,
+  CIFAR10_TRAIN_PER_FILE,
+  CIFAR100_TEST,
+  CIFAR100_TRAIN,
+  SECRET_ENV,
+  assert_nothing_secret,
+  run_cli,
+)
 
 from tlflax import data
 from tlflax.config import phase_config
@@ -53,10 +61,14 @@ def test_unprepared_dataset_without_download_is_a_user_error(tmp_path):
     data.load_task(phase_config("cifar10", 1, download=False), str(tmp_path), seed=0)
 
 
-def test_bad_tfds_split_is_a_user_error(tfds_data):
-  with pytest.raises(UserError, match="bad split 'validation'"):
+def test_bad_or_empty_tfds_split_is_a_user_error_naming_its_key(tfds_data):
+  with pytest.raises(UserError, match="in config.target.train_split: bad split 'validation'"):
     data.load_task(phase_config("cifar10", 1, train_split="validation", download=False),
-                   tfds_data["data_dir"], seed=0)
+                   tfds_data["data_dir"], seed=0, where="target")
+  with pytest.raises(UserError, match=(r"in config.source.val_split: split 'test\[30:\]' of tfds "
+                                       r"dataset 'cifar10' is empty: widen the slice")):
+    data.load_task(phase_config("cifar10", 1, val_split="test[30:]", download=False),
+                   tfds_data["data_dir"], seed=0, where="source")
 
 
 def test_offline_download_fails_in_one_line_with_exit_2(tmp_path):
@@ -73,7 +85,8 @@ def test_offline_download_fails_in_one_line_with_exit_2(tmp_path):
 
 
 def test_default_config_transfer_runs_on_prepared_cifar(tfds_data, tmp_path):
-  """configs/cifar10_to_cifar100.py, shrunk by overrides, on tfds-prepared CIFAR archives."""
+  """configs/cifar10_to_cifar100.py, shrunk by overrides, on tfds-prepared CIFAR archives; a
+  secret in the environment reaches neither the logs nor the run folders."""
   import json
   shrink = [f"--config.data_dir={tfds_data['data_dir']}", "--config.model.name=resnet10",
             "--config.model.width=4"]
@@ -82,8 +95,9 @@ def test_default_config_transfer_runs_on_prepared_cifar(tfds_data, tmp_path):
         "epochs=1", "min_steps=0", "batch_size=20", "eval_batch_size=16", "warmup_epochs=0.0",
         "download=False")]
   result = run_cli(["--mode=transfer", "--config=configs/cifar10_to_cifar100.py",
-                    f"--workdir={tmp_path}", *shrink], tmp_path)
+                    f"--workdir={tmp_path}", *shrink], tmp_path, env=SECRET_ENV)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert_nothing_secret(result, tmp_path / "pretrain", tmp_path / "transfer")
   pretrain = json.loads((tmp_path / "pretrain" / "summary.json").read_text())
   assert pretrain["dataset"] == "cifar10" and pretrain["train_examples"] == 60
   assert pretrain["final"]["test_count"] == CIFAR10_TEST

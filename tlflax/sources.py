@@ -67,22 +67,19 @@ def _tf():
 # ------------------------------------------------------------------------------------------------
 
 
-def fit_image(image, size: int, resize: str):
-  """A tf uint8 (H, W, C) image as uint8 (size, size, 3): grey -> RGB, then 'squash' (bilinear,
-  antialiased) or 'center_crop' (short side to `size`, keeping the aspect ratio, then the middle
-  size x size). An image that already has the size is returned untouched."""
-  tf = _tf()
-  image = tf.convert_to_tensor(image)
-  if image.shape.rank == 2:
-    image = image[..., None]
-  channels = image.shape[-1]
-  if channels == 1:
-    image = tf.image.grayscale_to_rgb(image)
-  elif channels == 4:
-    image = image[..., :3]
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
+def image_fitter(size: int, resize: str):
+  """A function for `tf.data` maps: a tf uint8 (H, W, C) image as uint8 (size, size, 3): grey ->
+  RGB, then 'squash' (bilinear, antialiased) or 'center_crop' (short side to `size`, keeping the
+  aspect ratio, then the middle size x size). An image that already has the size is returned
+  untouched.
 
-  def resized():
+  TensorFlow is imported here, once, outside the traced function: code that tf.data traces must
+  have no Python side effects, or AutoGraph tries to convert them and logs their repr (an
+  `os.environ` method's repr is every environment variable). Maps use it through `_traced`.
+  """
+  tf = _tf()
+
+  def resized(image, h, w):
     if resize == "center_crop":
       scale = size / tf.cast(tf.minimum(h, w), tf.float32)
       nh = tf.maximum(size, tf.cast(tf.math.round(tf.cast(h, tf.float32) * scale), tf.int32))
@@ -94,9 +91,28 @@ def fit_image(image, size: int, resize: str):
       out = tf.image.resize(image, (size, size), "bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.math.round(out), 0, 255), tf.uint8)
 
-  same = tf.logical_and(tf.equal(h, size), tf.equal(w, size))
-  out = tf.cond(same, lambda: tf.cast(image, tf.uint8), resized)
-  return tf.ensure_shape(out, (size, size, 3))
+  def fit(image):
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank == 2:
+      image = image[..., None]
+    channels = image.shape[-1]
+    if channels == 1:
+      image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+      image = image[..., :3]
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    same = tf.logical_and(tf.equal(h, size), tf.equal(w, size))
+    out = tf.cond(same, lambda: tf.cast(image, tf.uint8), lambda: resized(image, h, w))
+    return tf.ensure_shape(out, (size, size, 3))
+
+  return fit
+
+
+def _traced(fn):
+  """`fn` as tf.data traces it, without AutoGraph: tlflax's map functions are plain graph code
+  (tf.cond, no Python control flow on tensors), so there is nothing to convert, and nothing of
+  the process (its environment included) can end up in a conversion warning."""
+  return _tf().autograph.experimental.do_not_convert(fn)
 
 
 def available_bytes() -> int:
@@ -210,17 +226,18 @@ def tfds_split(name: str, split: str, data_dir: str | None, *, image_size: int,
   builder = tfds_builder(name, data_dir, download)
   try:
     count = builder.info.splits[split].num_examples
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = builder.as_dataset(split=split, shuffle_files=False) if count else None
   except Exception as e:
     raise UserError(f"bad split {split!r} for tfds dataset {name!r} (splits: "
                     f"{sorted(builder.info.splits)}): use a tfds split string such as "
                     "'train' or 'train[:10%]'") from e
+  require(count > 0, f"split {split!r} of tfds dataset {name!r} is empty: widen the slice")
   dtype = getattr(builder.info.features["image"], "np_dtype", np.uint8)
   require(np.dtype(dtype) == np.uint8,
           f"tfds dataset {name!r} has images of dtype {np.dtype(dtype)}; tlflax reads uint8 "
           "images: choose an image-classification dataset")
-  tf = _tf()
-  ds = ds.map(lambda ex: (fit_image(ex["image"], image_size, resize), ex["label"]),
+  tf, fit = _tf(), image_fitter(image_size, resize)
+  ds = ds.map(_traced(lambda ex: (fit(ex["image"]), ex["label"])),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   images, labels = collect(ds, count, image_size, host_budget_gb, spill_dir)
   label = builder.info.features["label"]
@@ -315,16 +332,16 @@ def folder_split(root: str, split: str, *, image_size: int, resize: str = "squas
   base, start, stop = slice_bounds(split, {k: len(v) for k, v in by_split.items() if v},
                                    f"the folder dataset {root}")
   items = by_split[base][start:stop]
-  tf = _tf()
+  tf, fit = _tf(), image_fitter(image_size, resize)
   files = tf.constant([f for f, _ in items])
   labels = tf.constant([label for _, label in items], tf.int32)
 
   def decode(file, label):
     image = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
-    return fit_image(image, image_size, resize), label
+    return fit(image), label
 
   ds = tf.data.Dataset.from_tensor_slices((files, labels)).map(
-      decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      _traced(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.apply(tf.data.experimental.assert_cardinality(len(items)))
   try:
     images, labels = collect(ds, len(items), image_size, host_budget_gb, spill_dir)
