@@ -48,6 +48,9 @@ def _check_run(run_dir, mode, chance, test_count, stderr, epochs=3):
   assert [s for s, _ in _event_scalars(run_dir, "step/learning_rate")] == [w["step"] for w in windows]
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["final"]["test_accuracy"] == records[-1]["test_accuracy"]
+  # wall_s counts the run's work from its start: loading (and restoring the source) included.
+  assert summary["load_s"] > 0
+  assert summary["wall_s"] > summary["load_s"] + summary["compile_s"] + summary["train_s"]
   assert f"[{mode}] epoch {epochs}/{epochs} step 32/32 loss" in stderr  # plain progress lines
 
 
@@ -85,7 +88,9 @@ def _png_size(path):
     (["--config=configs/missing.py"], "cannot load config file configs/missing.py"),
     (["--config.target.batch_size=100000"], "batch_size 100000 exceeds"),
     (["--config.target.epochs=0"], "config.target.epochs must be positive"),
-    (["--config.target.train_split=val"], "bad split 'val'"),
+    (["--config.target.train_split=val"], "in config.target.train_split: bad split 'val'"),
+    (["--config.target.val_split=train[2048:2048]"],
+     "in config.target.val_split: split 'train[2048:2048]' is empty: widen the slice"),
     (["--config.model.name=vgg"], "unknown model.name 'vgg'"),
     (["stray"], "unexpected arguments stray"),
     (["--mode=transfer", "--config.transfer.freeze=stages:9"], "unknown freeze policy 'stages:9'"),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tlflax import sources
-from tlflax.errors import require
+from tlflax.errors import require, within
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,30 +186,33 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean.astype(np.float32), std.astype(np.float32)
 
 
-def load_task(ds_cfg, data_dir: str | None, seed: int, data_cfg=None) -> Task:
+def load_task(ds_cfg, data_dir: str | None, seed: int, data_cfg=None,
+              where: str | None = None) -> Task:
   """Loads and adapts the train, test and (if named) validation splits a phase config names
-  (`source` or `target`). `examples_per_class` subsets the training split only. `data_cfg`
+  (`source` or `target`: `where`, which errors about a split name the key of, e.g.
+  'config.target.val_split'). `examples_per_class` subsets the training split only. `data_cfg`
   (config.data) sets the host budget above which a decoded split is memory-mapped."""
   name = ds_cfg.dataset
-  names = [ds_cfg.train_split, ds_cfg.test_split] + ([ds_cfg.val_split] if ds_cfg.val_split
-                                                     else [])
-  class_names = ()
-  if name in SYNTHETIC:
-    splits = [synthetic_split(name, s) for s in names]
-    num_classes = SYNTHETIC[name]
-    splits = [Split(adapt_images(s.images, ds_cfg.image_size), s.labels) for s in splits]
-  else:
-    host = {"image_size": ds_cfg.image_size, "resize": ds_cfg.get("resize", "squash"),
-            "host_budget_gb": data_cfg.host_budget_gb if data_cfg else 0.0,
-            "spill_dir": data_cfg.spill_dir if data_cfg else ""}
+  keys = ["train_split", "test_split"] + (["val_split"] if ds_cfg.val_split else [])
+  host = {"image_size": ds_cfg.image_size, "resize": ds_cfg.get("resize", "squash"),
+          "host_budget_gb": data_cfg.host_budget_gb if data_cfg else 0.0,
+          "spill_dir": data_cfg.spill_dir if data_cfg else ""}
+
+  def load(split: str):
+    if name in SYNTHETIC:
+      s = synthetic_split(name, split)
+      return sources.Loaded(adapt_images(s.images, ds_cfg.image_size), s.labels,
+                            SYNTHETIC[name], ())
     if name.startswith(sources.FOLDER_PREFIX):
-      root = name[len(sources.FOLDER_PREFIX):]
-      loaded = [sources.folder_split(root, s, **host) for s in names]
-    else:
-      loaded = [sources.tfds_split(name, s, data_dir, download=ds_cfg.download, **host)
-                for s in names]
-    splits = [Split(x.images, x.labels) for x in loaded]
-    num_classes, class_names = loaded[0].num_classes, loaded[0].class_names
+      return sources.folder_split(name[len(sources.FOLDER_PREFIX):], split, **host)
+    return sources.tfds_split(name, split, data_dir, download=ds_cfg.download, **host)
+
+  loaded = []
+  for key in keys:
+    with within(f"config.{where}.{key}" if where else None):
+      loaded.append(load(ds_cfg[key]))
+  splits = [Split(x.images, x.labels) for x in loaded]
+  num_classes, class_names = loaded[0].num_classes, loaded[0].class_names
   if ds_cfg.examples_per_class:
     splits[0] = balanced_subset(splits[0], ds_cfg.examples_per_class, num_classes, seed)
   mean, std = channel_stats(splits[0].images)

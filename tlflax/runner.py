@@ -8,6 +8,7 @@ statistics (`transfer.normalize='source'`), as the transferred network was train
 
 import dataclasses
 import os
+import time
 
 import numpy as np
 from absl import logging
@@ -39,12 +40,13 @@ def source_stats(source_run: str) -> tuple[np.ndarray, np.ndarray]:
                   "transfer run with: set --config.transfer.normalize=target")
 
 
-def _load_task(phase, config):
-  """The phase's dataset. Process 0 loads first, preparing it with tfds if needed, so several
-  processes never download into one data_dir at once; the others then read what it prepared."""
+def _load_task(phase, config, where: str):
+  """The phase's dataset (`where`: 'source' or 'target'). Process 0 loads first, preparing it
+  with tfds if needed, so several processes never download into one data_dir at once; the others
+  then read what it prepared."""
   from tlflax import data, parallel
   def load():
-    return data.load_task(phase, config.data_dir, config.seed, config.get("data"))
+    return data.load_task(phase, config.data_dir, config.seed, config.get("data"), where)
   task = load() if parallel.is_main_process() else None
   parallel.sync(f"loaded {phase.dataset}")
   return task if task is not None else load()
@@ -93,20 +95,24 @@ def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
 def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -> dict:
   """The body of `run_phase`, in a run folder that `rundir.open_run` accepted."""
   from tlflax import checkpoint, parallel, rundir, train
+  started = time.perf_counter()  # the run's wall_s counts its data loading and source restore
   done = rundir.finished(run_dir)
   if done is not None:
     logging.info("[%s] %s is complete (test_accuracy %.4f): reusing it; move it away to retrain",
                  mode, run_dir, done["final"]["test_accuracy"])
     return done
-  phase = config.source if mode == "pretrain" else config.target
-  task = _load_task(phase, config)
+  where = "source" if mode == "pretrain" else "target"
+  phase = config[where]
+  task = _load_task(phase, config, where)
   variables, stats_from = None, f"{task.name} training split"
   if mode == "transfer":
     if checkpoint.steps_in(os.path.join(run_dir, "checkpoints")):
       init = (rundir.read_json(os.path.join(run_dir, "config.json")) or {}).get("init", init)
     else:
       if pretrain_first and not config.transfer.init_from:
+        t_pretrain = time.perf_counter()
         ensure_pretrained(config, workdir, placement)
+        started += time.perf_counter() - t_pretrain  # the pretraining's time is its own
       variables, init = _source_variables(config, init, task, placement)
       rundir.record_init(run_dir, init)
     if config.transfer.normalize == "source":
@@ -120,7 +126,8 @@ def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -
                      variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),
                      log_every_steps=config.log_every_steps,
                      eval_every_epochs=config.eval_every_epochs, label=mode,
-                     data_cfg=config.get("data"), hparams=rundir.hparams(mode, config))
+                     data_cfg=config.get("data"), hparams=rundir.hparams(mode, config),
+                     started=started)
   summary = {"mode": mode, "seed": config.seed, **result.summary}
   if init is not None:
     summary["init"] = init

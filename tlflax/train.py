@@ -192,14 +192,17 @@ class _Position:
   epoch: int = 0  # the epoch being trained (0-based); `step_in_epoch` of its steps are done
   step_in_epoch: int = 0
   sums: dict | None = None  # the epoch's metric sums so far (host floats), None at its start
-  seconds: dict = dataclasses.field(  # wall, train and compile time of earlier attempts
-      default_factory=lambda: {"wall_s": 0.0, "train_s": 0.0, "compile_s": 0.0})
+  seconds: dict = dataclasses.field(  # wall, train, compile and load time of earlier attempts
+      default_factory=lambda: dict.fromkeys(_SECONDS, 0.0))
+
+
+_SECONDS = ("wall_s", "train_s", "compile_s", "load_s")
 
 
 def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, placement=None,
         transfer_cfg=None, variables=None, checkpoint_cfg=None, log_every_steps: int = 50,
         eval_every_epochs: int = 1, label: str = "", data_cfg=None,
-        hparams: dict | None = None) -> PhaseResult:
+        hparams: dict | None = None, started: float | None = None) -> PhaseResult:
   """Trains on `task` for `phase.epochs`, evaluating, checkpointing and writing metrics to
   `run_dir`. A run folder that already holds checkpoints is resumed from the latest one that
   restores, mid-epoch if that is where it stopped, and continues exactly as if it had not stopped.
@@ -213,8 +216,13 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
 
   Stops early with `errors.Stopped`: after a SIGTERM/SIGINT (`preemption`), with a checkpoint of
   the last step; or on non-finite loss or gradients, saving nothing of them.
+
+  `started` (a `time.perf_counter()` reading): when the run's work began, before its data was
+  loaded and its source restored; `wall_s` counts from there, and `load_s` is the part before
+  `fit`.
   """
-  t_start = time.perf_counter()
+  t_fit = time.perf_counter()
+  t_start = t_fit if started is None else started
   placement = placement or parallel.Placement.create()
   main = parallel.is_main_process()
   n_train = len(task.train)
@@ -294,6 +302,7 @@ def fit(phase, model_cfg, task: data_lib.Task, run_dir: str, seed: int, *, place
     cache = probe.FeatureCache(placement, base_model, phase, feed.train_data, feed.eval_data,
                                feed.eval_rows)
     seconds = dict(at.seconds)
+    seconds["load_s"] += t_fit - t_start
 
     def elapsed() -> dict:
       return {**seconds, "wall_s": seconds["wall_s"] + time.perf_counter() - t_start}
@@ -439,7 +448,7 @@ def _restore(ckpts, run_dir, new_setup, shapes, placement, transfer_cfg, steps_p
     return None
   state, root_key, done, _ = out
   epoch, step_in_epoch = done["epoch"], done.get("step_in_epoch", 0)
-  seconds = {k: float(done.get(k, 0.0)) for k in ("wall_s", "train_s", "compile_s")}
+  seconds = {k: float(done.get(k, 0.0)) for k in _SECONDS}
   return made["setup"], root_key, _Position(state, epoch, step_in_epoch, done.get("sums"),
                                             seconds)
 
