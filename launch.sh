@@ -45,8 +45,8 @@ quote_all() {
 }
 
 setup() {
-  if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-    echo "launch.sh: error: tlflax needs python3 >= 3.10 on PATH" >&2
+  if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "launch.sh: error: tlflax needs python3 >= 3.11 on PATH (jax 0.10 and later do)" >&2
     exit 2
   fi
   local extras
