@@ -5,6 +5,7 @@ import pathlib
 import pytest
 from conftest import run_cli
 
+from tlflax import cli
 from tlflax import config as config_lib
 from tlflax.errors import UserError
 
@@ -13,24 +14,27 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def _load(name: str, arg: str | None = None):
   import importlib.util
-  spec = importlib.util.spec_from_file_location(name, config_lib.configs_dir() / f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, cli.configs_dir() / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
 
 
 def test_shipped_configs_are_found_by_name_and_paths_pass_through(tmp_path):
-  assert config_lib.named_configs() == ["cifar10_to_cifar100", "cifar10_to_cifar100_arms", "smoke"]
-  assert config_lib.configs_dir().resolve() == (REPO / "configs").resolve()
-  assert config_lib.config_path("smoke") == str(config_lib.configs_dir() / "smoke.py")
-  assert config_lib.config_path("cifar10_to_cifar100:val") == \
-      f"{config_lib.configs_dir() / 'cifar10_to_cifar100.py'}:val"
+  assert cli.named_configs() == ["cifar10_to_cifar100", "cifar10_to_cifar100_arms", "smoke"]
+  assert cli.configs_dir().resolve() == (REPO / "configs").resolve()
+  assert cli.config_path("smoke") == str(cli.configs_dir() / "smoke.py")
+  assert cli.config_path("cifar10_to_cifar100:val") == \
+      f"{cli.configs_dir() / 'cifar10_to_cifar100.py'}:val"
   own = tmp_path / "mine.py"
   own.write_text("")
   for value in (str(own), "configs/smoke.py", "configs/smoke.py:val", "x/y.py"):
-    assert config_lib.config_path(value) == value
+    assert cli.config_path(value) == value
   with pytest.raises(UserError, match=r"no config named 'cifar'.*use one of cifar10_to_cifar100,"):
-    config_lib.config_path("cifar")
+    cli.config_path("cifar")
+  # Loaded once, by cli.load: the same config as the file's get_config, its argument passed on.
+  assert cli.load("smoke").to_dict() == _load("smoke").to_dict()
+  assert cli.load("cifar10_to_cifar100:val").target.val_split == "train[90%:]"
 
 
 @pytest.mark.parametrize("name", ["smoke", "cifar10_to_cifar100", "cifar10_to_cifar100_arms"])
@@ -40,16 +44,19 @@ def test_every_key_of_every_shipped_config_has_a_meaning(name):
   assert len(keys) > 60
   missing = [k for k in keys if not config_lib.key_help(k)]
   assert missing == []
-  assert not set(config_lib.KEY_HELP) - set(keys) - {"arms"}  # no meaning for a key that is gone
+  # No meaning is left for a key that is gone: every entry of the tables is a key of the config.
+  table_keys = {f"{block}.{leaf}" if block else leaf
+                for block, table in config_lib.BLOCKS.items() for leaf in table}
+  assert table_keys - set(keys) <= {"arms"}  # arms: its leaves are the arms' names
 
 
 def test_closest_keys_to_misspelt_ones():
   config = _load("smoke")
-  assert config_lib.closest_keys(config, "target.epoch")[0] == "target.epochs"
-  assert config_lib.closest_keys(config, "target.learningrate")[0] == "target.learning_rate"
-  assert config_lib.closest_keys(config, "checkpoint.every_step")[0] == "checkpoint.every_steps"
-  assert "data.device_budget_gb" in config_lib.closest_keys(config, "data.device_budget")
-  assert config_lib.closest_keys(config, "zzzzzz") == []
+  assert cli.closest_keys(config, "target.epoch")[0] == "target.epochs"
+  assert cli.closest_keys(config, "target.learningrate")[0] == "target.learning_rate"
+  assert cli.closest_keys(config, "checkpoint.every_step")[0] == "checkpoint.every_steps"
+  assert "data.device_budget_gb" in cli.closest_keys(config, "data.device_budget")
+  assert cli.closest_keys(config, "zzzzzz") == []
 
 
 def test_mode_config_prints_every_key_with_value_and_meaning(tmp_path):
@@ -70,3 +77,14 @@ def test_mode_config_prints_every_key_with_value_and_meaning(tmp_path):
   assert rows["arms.full"] == ("{}", "arm full: config.transfer as it is")
   assert all(meaning for _, meaning in rows.values())
   assert not (tmp_path / "never").exists()  # nothing ran, nothing was written
+
+
+def test_the_config_reference_in_docs_is_generated_from_the_tables():
+  """docs/config.md is `python -m tlflax.config`'s output: regenerate it when a key changes."""
+  doc = (REPO / "docs" / "config.md").read_text()
+  assert doc == config_lib.reference_markdown()
+  base = config_lib.flat_keys(config_lib.base_config())
+  for key in base:
+    if not key.startswith("arms."):
+      assert f"| `{key}` |" in doc, key
+  assert "| `target.min_steps` | `2000` |" in doc and "| `source.epochs` | `30` |" in doc

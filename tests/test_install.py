@@ -54,8 +54,9 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   tlflax = venv / "bin" / "tlflax"
-  where = _run([python, "-c", ("import tlflax, tlflax.configs, tlflax.main as m; "
-                "print(tlflax.__file__, tlflax.configs.__file__, m.DEFAULT_CONFIG)")], empty)
+  where = _run([python, "-c", ("import tlflax, tlflax.configs, tlflax.cli as c; "
+                "print(tlflax.__file__, tlflax.configs.__file__, c.config_path(c.DEFAULT))")],
+               empty)
   assert where.returncode == 0, where.stderr[-2000:]
   files = where.stdout.split()
   assert len(files) == 3 and all(f.startswith(site) for f in files), where.stdout

@@ -1,50 +1,139 @@
-"""Config building blocks shared by the files in `configs/`, their validation, the named configs
-shipped with the package, and the meaning of every key (`--mode=config`)."""
+"""Every config key's default and meaning (one table per block), the building blocks the files in
+`configs/` use, and the validation of a whole config. `python -m tlflax.config` prints the
+reference that docs/config.md holds."""
 
-import difflib
-import importlib.util
-import os
-import pathlib
 import re
 
 import ml_collections
 
 from tlflax.errors import UserError, within
 
+# ------------------------------------------------------------------------------------------------
+# Every key: its default and its meaning, one table per block. `--mode=config`, the unknown-key
+# hints and docs/config.md (`python -m tlflax.config`) all come from here.
+# ------------------------------------------------------------------------------------------------
+
+TOP = {
+    "seed": (0, "seed of a single run: init, data order, augmentation"),
+    "seeds": ((0,), "--mode=compare: the seeds, one run folder each (pretraining uses `seed`)"),
+    "arms": ({"full": {}}, ("--mode=compare: transfer arms, {name: {transfer key: value}} "
+             "overriding config.transfer, one experiment each; names of letters, digits, . and -")),
+    "label_budgets": ((), ("--mode=compare: examples per class of the target's training split, "
+                      "one set of runs each (0: all), e.g. (5, 25, 100, 0); (): "
+                      "target.examples_per_class alone")),
+    "data_dir": (None, "tfds data folder (None: tfds's default, ~/tensorflow_datasets)"),
+    "parallel": ("shard_map", ("how the per-shard steps run over the devices: 'shard_map' or "
+                 "'pmap' (one process only)")),
+    "log_every_steps": (50, "progress line and TensorBoard training scalars every N steps"),
+    "eval_every_epochs": (1, ("evaluate every N epochs and after the last (the report's claims "
+                          "need 1)")),
+}
+DATA = {
+    "pipeline": ("auto", ("'auto': the splits live on the devices when they fit "
+                 "device_budget_gb, else they stream from host memory; 'device' or 'stream' "
+                 "force one")),
+    "device_budget_gb": (0.0, ("device memory the splits may take on the device path (0: a "
+                         "quarter of the smallest device's memory; CPU: of the host's, shared)")),
+    "host_budget_gb": (0.0, ("RAM a decoded split may take, else it goes to a memory-mapped file "
+                       "(0: half of the memory available at the start)")),
+    "spill_dir": ("", ("folder of those memory-mapped files, unlinked at once ('': the system's "
+                  "temporary folder)")),
+    "prefetch": (2, "streamed batches prepared ahead of the step that uses them"),
+}
+MODEL = {
+    "name": ("resnet18", ("network: resnet18, resnet34, or resnet10 (one block a stage: quick "
+             "CPU runs)")),
+    "width": (64, "channels of the first stage (64 in the standard ResNet); stages double it"),
+    "dtype": ("auto", ("compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), float32 or "
+              "bfloat16; params, BN statistics, loss and optimizer state stay float32")),
+    "conv": ("auto", ("convolution weight gradients: 'auto' (GEMMs on the CPU, XLA's own on "
+             "GPU/TPU), 'xla' or 'gemm'")),
+}
+PHASE = {
+    "dataset": (None, ("tfds name, 'synthetic10'/'synthetic100', or 'folder:/path' (one "
+                "sub-folder a class)")),
+    "train_split": ("train", "split trained on: a split string, e.g. 'train' or 'train[:90%]'"),
+    "test_split": ("test", "split the test figures come from"),
+    "val_split": ("", ("held-out split that selects the best epoch, e.g. 'train[90%:]' ('': none; "
+                  "then every best is selected on test, and the report says so)")),
+    "examples_per_class": (0, ("a balanced, seeded subset of N training examples per class (0: "
+                           "all)")),
+    "image_size": (32, "side in pixels that every image is resized to"),
+    "resize": ("squash", ("'squash' (both sides to image_size) or 'center_crop' (the short side, "
+               "then the middle)")),
+    "download": (True, "let tfds download and prepare the dataset when data_dir lacks it"),
+    "epochs": (None, "epochs to train"),
+    "min_steps": (0, ("train at least this many steps: ceil(min_steps / steps_per_epoch) epochs "
+                  "for small training sets")),
+    "batch_size": (128, "global training batch, split over every device"),
+    "eval_batch_size": (1000, "global evaluation batch"),
+    "learning_rate": (0.1, "peak learning rate of the warm-up + cosine schedule"),
+    "weight_decay": (5e-4, "L2 weight decay added to the gradient (as PyTorch's SGD)"),
+    "momentum": (0.9, "SGD momentum (0: plain SGD)"),
+    "nesterov": (True, "nesterov momentum"),
+    "warmup_epochs": (1.0, "epochs of linear warm-up from 0 to learning_rate"),
+    "label_smoothing": (0.0, "label smoothing of the training loss"),
+    "grad_clip_norm": (0.0, "global-norm clipping of trainable gradients (0: none)"),
+    "crop_padding": (4, "random crop after zero padding by this many pixels (0: no crop)"),
+    "flip": (True, "random horizontal flips"),
+}
+TRANSFER = {
+    "init_from": ("", ("run folder or checkpoint to start from ('': DIR/pretrain, pretrained "
+                  "first if needed)")),
+    "reinit": (("^head/",), "regexes of parameters re-initialised instead of loaded (the head)"),
+    "freeze": ("none", ("'none', 'backbone', 'stages:N', or a tuple of regexes of frozen "
+               "parameters")),
+    "frozen_bn": ("running", ("frozen BatchNorms use 'running' averages, or 'adapt' to batch "
+                  "statistics")),
+    "lr_mult": ((), ("((regex, factor), ...): the first match scales a parameter's learning "
+                "rate")),
+    "layer_decay": (1.0, "stage k below the head trains at lr * layer_decay**k"),
+    "unfreeze": ((), "((epoch, policy), ...): gradual unfreezing, e.g. ((2, 'stages:3'),)"),
+    "cache_features": ("fixed", ("freeze='backbone' (frozen_bn='running'): the head trains on "
+                       "features computed once ('fixed', or True), per epoch from augmented "
+                       "images ('augmented'), or not cached ('off', or False)")),
+    "normalize": ("source", ("input statistics of a transfer run: the 'source' run's mean/std or "
+                  "the 'target' training split's")),
+}
+CHECKPOINT = {
+    "keep": (2, "latest checkpoints kept"),
+    "keep_best": (True, ("also keep the best one (by val_accuracy with a val_split, else "
+                  "test_accuracy)")),
+    "every_epochs": (1, "checkpoint every N epochs (and after the last)"),
+    "every_steps": (0, "also checkpoint every N global steps inside epochs (0: never)"),
+    "async_save": (True, "write checkpoints in the background"),
+}
+REPORT = {
+    "include_unfinished": (False, ("the report counts unfinished runs too, each experiment cut "
+                           "to the epochs its seeds share (default: it lists them)")),
+}
+BLOCKS = {"": TOP, "data": DATA, "model": MODEL, "source": PHASE, "target": PHASE,
+          "transfer": TRANSFER, "checkpoint": CHECKPOINT, "report": REPORT}
+
+
+def _defaults(table: dict) -> dict:
+  return {k: default for k, (default, _) in table.items()}
+
 
 def phase_config(dataset: str, epochs: int, **overrides) -> ml_collections.ConfigDict:
   """One training phase (the `source` or the `target` block): dataset, splits and schedule."""
-  phase = ml_collections.ConfigDict({
-      "dataset": dataset,
-      "train_split": "train",
-      "test_split": "test",
-      # held-out split for model selection (e.g. 'train[90%:]' with train_split='train[:90%]');
-      # '' = none, and then every "best" is selected on the test split (the report says so)
-      "val_split": "",
-      "examples_per_class": 0,  # 0: every example; N: a balanced, seeded subset of N per class
-      "image_size": 32,
-      # how images of another size become image_size x image_size: 'squash' (resize both sides)
-      # or 'center_crop' (resize the short side, then crop the middle)
-      "resize": "squash",
-      "download": True,  # let tfds download when the dataset is not prepared in data_dir
-      "epochs": epochs,
-      # at least this many training steps: a small training set (a label budget) trains for
-      # more epochs, ceil(min_steps / steps_per_epoch), so 5 examples per class is not 2 steps
-      "min_steps": 0,
-      "batch_size": 128,
-      "eval_batch_size": 1000,
-      "learning_rate": 0.1,
-      "weight_decay": 5e-4,
-      "momentum": 0.9,
-      "nesterov": True,
-      "warmup_epochs": 1.0,
-      "label_smoothing": 0.0,
-      "grad_clip_norm": 0.0,  # 0: no clipping; else global-norm clipping of trainable gradients
-      "crop_padding": 4,
-      "flip": True,
-  })
+  phase = ml_collections.ConfigDict({**_defaults(PHASE), "dataset": dataset, "epochs": epochs})
   phase.update(overrides)
   return phase
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  """The `data` block: where the splits live (on the devices or streamed) and their budgets."""
+  data = ml_collections.ConfigDict(_defaults(DATA))
+  data.update(overrides)
+  return data
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """The `model` block: the network, its width, compute dtype and convolution."""
+  model = ml_collections.ConfigDict(_defaults(MODEL))
+  model.update(overrides)
+  return model
 
 
 def transfer_config(**overrides) -> ml_collections.ConfigDict:
@@ -52,70 +141,31 @@ def transfer_config(**overrides) -> ml_collections.ConfigDict:
 
   Not type-safe, so `freeze` can be a policy string or a tuple of regexes.
   """
-  transfer = ml_collections.ConfigDict({
-      "init_from": "",  # run folder or checkpoint; '' -> DIR/pretrain, pretrained first if needed
-      "reinit": ("^head/",),  # regexes of leaves that get a fresh init instead of the source's
-      "freeze": "none",  # 'none' | 'backbone' | 'stages:N' | tuple of regexes
-      "frozen_bn": "running",  # frozen BatchNorms: 'running' averages, or 'adapt' (batch stats)
-      "lr_mult": (),  # ((regex, factor), ...): first match scales that parameter's learning rate
-      "layer_decay": 1.0,  # stage k below the head trains at lr * layer_decay**k
-      "unfreeze": (),  # ((epoch, policy), ...): gradual unfreezing, e.g. ((2, 'stages:3'),)
-      # freeze='backbone' (frozen_bn='running'): train the head on the backbone's features,
-      # computed once ('fixed', or True), once per epoch from augmented images ('augmented'),
-      # or not at all ('off', or False).
-      "cache_features": "fixed",
-      # input statistics of a transfer run: the source run's mean/std ('source', what the
-      # transferred network was trained to see) or the target's training split ('target')
-      "normalize": "source",
-  }, type_safe=False)
+  transfer = ml_collections.ConfigDict(_defaults(TRANSFER), type_safe=False)
   transfer.update(overrides)
   return transfer
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The seed experiment: ResNet-18, CIFAR-10 source, CIFAR-100 target."""
+  """The seed experiment: ResNet-18, CIFAR-10 source (30 epochs), CIFAR-100 target (100 epochs,
+  at least 2,000 steps, so a label budget of 5 or 25 images per class still trains)."""
+  top = _defaults(TOP)
   config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.seeds = (0,)
-  # --mode=compare: scratch and every transfer arm (named overrides of config.transfer, each a
-  # run folder of its own, all from one pretraining) for every seed and every label budget.
-  # 'full' is the study's choice: every layer trains, from the source's weights.
-  config.arms = arms_config({"full": {}})
-  # examples per class of the target's training split, one study per entry (0: all of them);
-  # () runs target.examples_per_class alone
-  config.label_budgets = ()
-  config.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
-  config.data = ml_collections.ConfigDict({
-      # 'auto': a split lives on the devices when it fits device_budget_gb, else it streams
-      # from host memory batch by batch; 'device' or 'stream' force one path
-      "pipeline": "auto",
-      "device_budget_gb": 0.0,  # 0: a quarter of the smallest device's memory
-      # decoded splits larger than this go to a memory-mapped file in spill_dir, not RAM
-      "host_budget_gb": 0.0,  # 0: half of the memory available when the run starts
-      "spill_dir": "",  # '' : the system's temporary folder
-      "prefetch": 2,  # streamed batches prepared ahead of the step that uses them
-  })
-  # dtype 'auto': bfloat16 compute on GPU/TPU, float32 on CPU; params and BN stats stay float32.
-  # conv 'auto': weight gradients as GEMMs on the CPU (conv.py), XLA's own on GPU/TPU.
-  config.model = ml_collections.ConfigDict(
-      {"name": "resnet18", "width": 64, "dtype": "auto", "conv": "auto"})
-  config.parallel = "shard_map"  # or 'pmap' (one process): how the per-shard steps run
+  config.seed = top["seed"]
+  config.seeds = top["seeds"]
+  config.arms = arms_config(top["arms"])
+  config.label_budgets = top["label_budgets"]
+  config.data_dir = ml_collections.config_dict.placeholder(str)
+  config.data = data_config()
+  config.model = model_config()
+  config.parallel = top["parallel"]
   config.source = phase_config("cifar10", epochs=30)
-  # a label budget of 5 or 25 images per class still trains 2,000 steps (see `min_steps`)
   config.target = phase_config("cifar100", epochs=100, min_steps=2000)
   config.transfer = transfer_config()
-  config.checkpoint = ml_collections.ConfigDict({
-      "keep": 2,  # the latest `keep` checkpoints ...
-      "keep_best": True,  # ... and the best by val_accuracy (with a val_split; else by test)
-      "every_epochs": 1,
-      "every_steps": 0,  # also a checkpoint every N global steps inside epochs (0: none)
-      "async_save": True,
-  })
-  config.log_every_steps = 50
-  config.eval_every_epochs = 1
-  # the report counts finished runs (summary.json) only, and lists the others; True counts
-  # unfinished runs too, every experiment's curves cut to the epochs its seeds share
-  config.report = ml_collections.ConfigDict({"include_unfinished": False})
+  config.checkpoint = ml_collections.ConfigDict(_defaults(CHECKPOINT))
+  config.log_every_steps = top["log_every_steps"]
+  config.eval_every_epochs = top["eval_every_epochs"]
+  config.report = ml_collections.ConfigDict(_defaults(REPORT))
   return config
 
 
@@ -289,115 +339,8 @@ def _check_transfer(t, model_name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Named configs and the meaning of every key
+# Meanings
 # ------------------------------------------------------------------------------------------------
-
-
-def configs_dir() -> pathlib.Path:
-  """The folder of the configs shipped with tlflax: the installed `tlflax.configs` package, or
-  `configs/` next to `tlflax/` in a checkout that was not installed."""
-  try:
-    spec = importlib.util.find_spec("tlflax.configs")
-  except ImportError:
-    spec = None
-  if spec is not None and spec.submodule_search_locations:
-    return pathlib.Path(next(iter(spec.submodule_search_locations)))
-  return pathlib.Path(__file__).resolve().parent.parent / "configs"
-
-
-def named_configs() -> list[str]:
-  """Names of the shipped configs (`--config=NAME`)."""
-  return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_"))
-
-
-def config_path(value: str) -> str:
-  """`--config`'s value as the file absl loads: NAME[:ARG] of a shipped config, or a path
-  (FILE[:ARG]) used as given. A name that is neither says which names exist."""
-  file, sep, arg = value.partition(":")
-  if os.path.exists(file) or file.endswith(".py") or os.sep in file:
-    return value
-  path = configs_dir() / f"{file}.py"
-  if not path.exists():
-    names = named_configs()
-    close = difflib.get_close_matches(file, names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UserError(f"no config named {file!r}{hint}: use one of {', '.join(names)}, or the "
-                    "path of a config file")
-  return f"{path}{sep}{arg}"
-
-
-def named_config_argv(argv: list[str]) -> list[str]:
-  """argv with a `--config=NAME[:ARG]` (or `--config NAME`) of a shipped config replaced by its
-  file's path, as absl's config flag loads it (`config_path`)."""
-  out = list(argv)
-  for i, arg in enumerate(out):
-    if arg.startswith("--config="):
-      out[i] = "--config=" + config_path(arg.split("=", 1)[1])
-    elif arg == "--config" and i + 1 < len(out):
-      out[i + 1] = config_path(out[i + 1])
-  return out
-
-
-_PHASE_HELP = {
-    "dataset": "tfds name, 'synthetic10'/'synthetic100', or 'folder:/path' (one sub-folder a class)",
-    "train_split": "split trained on: a tfds split string, e.g. 'train' or 'train[:90%]'",
-    "test_split": "split the test figures come from",
-    "val_split": "held-out split that selects the best epoch ('': none, select on test)",
-    "examples_per_class": "a balanced, seeded subset of N training examples per class (0: all)",
-    "image_size": "side in pixels that every image is resized to",
-    "resize": "'squash' (both sides to image_size) or 'center_crop' (short side, then crop)",
-    "download": "let tfds download and prepare the dataset when data_dir lacks it",
-    "epochs": "epochs to train",
-    "min_steps": "train at least this many steps (more epochs for small training sets)",
-    "batch_size": "global training batch, split over every device",
-    "eval_batch_size": "global evaluation batch",
-    "learning_rate": "peak learning rate of the warm-up + cosine schedule",
-    "weight_decay": "L2 weight decay added to the gradient (as PyTorch's SGD)",
-    "momentum": "SGD momentum (0: plain SGD)",
-    "nesterov": "nesterov momentum",
-    "warmup_epochs": "epochs of linear warm-up from 0 to learning_rate",
-    "label_smoothing": "label smoothing of the training loss",
-    "grad_clip_norm": "global-norm clipping of trainable gradients (0: none)",
-    "crop_padding": "random crop after zero padding by this many pixels (0: no crop)",
-    "flip": "random horizontal flips",
-}
-
-KEY_HELP = {
-    "seed": "seed of a single run (init, data order, augmentation)",
-    "seeds": "seeds of --mode=compare, one run folder each",
-    "arms": "--mode=compare: named overrides of config.transfer, one experiment each",
-    "label_budgets": "--mode=compare: examples per class of the target, one study each (0: all)",
-    "data_dir": "tfds data folder (None: tfds's default, ~/tensorflow_datasets)",
-    "data.pipeline": "'auto' (on the devices when it fits), 'device', or 'stream' from the host",
-    "data.device_budget_gb": "device memory the datasets may take (0: a quarter of it)",
-    "data.host_budget_gb": "RAM a decoded split may take, else a memory-mapped file (0: half)",
-    "data.spill_dir": "folder of those memory-mapped files ('': the system's temporary folder)",
-    "data.prefetch": "streamed batches prepared ahead of the step that uses them",
-    "model.name": "network: resnet18, resnet10, resnet34",
-    "model.width": "channels of the first stage (64 is the standard ResNet)",
-    "model.dtype": "compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16",
-    "model.conv": "convolution weight gradients: 'auto', 'xla', or 'gemm' (CPU)",
-    "parallel": "how per-shard steps run over devices: 'shard_map' or 'pmap' (one process)",
-    "transfer.init_from": "run folder or checkpoint to start from ('': DIR/pretrain)",
-    "transfer.reinit": "regexes of parameters re-initialised instead of loaded (the head)",
-    "transfer.freeze": "'none', 'backbone', 'stages:N', or a tuple of regexes of frozen params",
-    "transfer.frozen_bn": "frozen BatchNorms use 'running' averages or 'adapt' to batch stats",
-    "transfer.lr_mult": "((regex, factor), ...): learning-rate factors by parameter path",
-    "transfer.layer_decay": "stage k below the head trains at lr * layer_decay**k",
-    "transfer.unfreeze": "((epoch, policy), ...): gradual unfreezing",
-    "transfer.cache_features": "linear probe on cached features: 'fixed', 'augmented', 'off'",
-    "transfer.normalize": "input statistics: the 'source' run's or the 'target' split's",
-    "checkpoint.keep": "latest checkpoints kept",
-    "checkpoint.keep_best": "also keep the best one (by val_accuracy, else test_accuracy)",
-    "checkpoint.every_epochs": "checkpoint every N epochs",
-    "checkpoint.every_steps": "also checkpoint every N steps inside epochs (0: never)",
-    "checkpoint.async_save": "write checkpoints in the background",
-    "log_every_steps": "progress line and TensorBoard training scalars every N steps",
-    "eval_every_epochs": "evaluate every N epochs (and after the last)",
-    "report.include_unfinished": "the report counts unfinished runs too (default: lists them)",
-    **{f"{phase}.{key}": f"{phase}: {text}" for phase in ("source", "target")
-       for key, text in _PHASE_HELP.items()},
-}
 
 
 def flat_keys(config) -> dict:
@@ -414,38 +357,44 @@ def flat_keys(config) -> dict:
 
 def key_help(key: str) -> str:
   """The one-line meaning of a flat key ('' if it has none)."""
-  if key in KEY_HELP:
-    return KEY_HELP[key]
-  if key.startswith("arms."):
+  block, _, leaf = key.rpartition(".")
+  if block == "arms" or key.startswith("arms."):
     parts = key.split(".")
     if len(parts) == 2:
       return f"arm {parts[1]}: config.transfer as it is"
-    if len(parts) == 3:
-      return f"arm {parts[1]}: {KEY_HELP.get('transfer.' + parts[2], 'transfer override')}"
-  return ""
+    return f"arm {parts[1]}: {key_help('transfer.' + parts[2]) or 'transfer override'}"
+  table = BLOCKS.get(block)
+  if table is None or leaf not in table:
+    return ""
+  meaning = table[leaf][1]
+  return f"{block}: {meaning}" if block in ("source", "target") else meaning
 
 
-def describe(config) -> str:
-  """Every key of `config` with its value and meaning, one a line (`--mode=config`)."""
-  rows = [(key, "{}" if isinstance(value, ml_collections.ConfigDict) else repr(value))
-          for key, value in flat_keys(config).items()]
-  width = max(len(k) for k, _ in rows)
-  vwidth = min(max(len(v) for _, v in rows), 28)
-  lines = []
-  for key, value in rows:
-    meaning = key_help(key)
-    lines.append(f"{key:<{width}}  {value:<{vwidth}}  {'# ' + meaning if meaning else ''}".rstrip())
+def reference_markdown() -> str:
+  """docs/config.md: every key of `base_config()` with its default and meaning."""
+  lines = ["# Config reference", "",
+           ("Generated from `tlflax/config.py` by `python -m tlflax.config > docs/config.md` (a "
+           "test fails when this file is stale). Defaults are those of `base_config()`, the "
+           "seed experiment; the shipped configs in `configs/` change some of them. Override any "
+           "key with `--config.KEY=VALUE`; `--mode=config` prints the resolved values."), ""]
+  titles = {"": "Top level", "data": "`data`: where the splits live",
+            "model": "`model`", "source": "`source`: the pretraining phase",
+            "target": "`target`: the transfer (and scratch) phase",
+            "transfer": "`transfer`: how the target starts from the source",
+            "checkpoint": "`checkpoint`", "report": "`report`"}
+  base = base_config()
+  flat = flat_keys(base)
+  for block, title in titles.items():
+    lines += [f"## {title}", "", "| key | default | meaning |", "| --- | --- | --- |"]
+    for leaf, (_, meaning) in BLOCKS[block].items():
+      key = f"{block}.{leaf}" if block else leaf
+      default = base.arms.to_dict() if key == "arms" else flat.get(key)
+      cells = (repr(default), meaning)
+      shown, text = (c.replace("|", "\\|") for c in cells)
+      lines.append(f"| `{key}` | `{shown}` | {text} |")
+    lines.append("")
   return "\n".join(lines)
 
 
-def closest_keys(config, key: str, n: int = 3) -> list[str]:
-  """The existing flat keys nearest to a misspelt `key` (by whole path, then by its last part)."""
-  keys = list(flat_keys(config))
-  close = difflib.get_close_matches(key, keys, n=n, cutoff=0.75)
-  if len(close) < n:
-    last = key.rsplit(".", 1)[-1]
-    by_last = {k: k.rsplit(".", 1)[-1] for k in keys}
-    for k, tail in by_last.items():
-      if k not in close and difflib.SequenceMatcher(None, last, tail).ratio() >= 0.75:
-        close.append(k)
-  return close[:n]
+if __name__ == "__main__":
+  print(reference_markdown(), end="")

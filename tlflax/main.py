@@ -23,20 +23,17 @@ each: `--distributed` on a Cloud TPU VM or under SLURM, or `--coordinator=HOST:P
 --num_processes=N --process_id=I`; process 0 writes the metrics, summaries and report.
 """
 
-import importlib.util
 import logging as logging_std
 import os
 import sys
 import traceback
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from tlflax import config as config_lib
+from tlflax import cli as cli_lib
 from tlflax.errors import DIVERGED, Stopped, UserError
 
 MODES = ("pretrain", "scratch", "transfer", "compare", "report", "config")
-DEFAULT_CONFIG = config_lib.configs_dir() / "cifar10_to_cifar100.py"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "compare", f"What to run: one of {', '.join(MODES)}.")
@@ -48,16 +45,6 @@ flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, to run as one of
 flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator).")
 flags.DEFINE_integer("process_id", -1, "This process's index, 0..N-1 (with --coordinator).")
 flags.DEFINE_bool("verbose", False, "On an error, show the full traceback too (for bug reports).")
-try:
-  # Without --config, config_flags loads the default and applies --config.KEY overrides from
-  # sys.argv right here, at definition; keep that error for _parse_flags to report in one line.
-  config_flags.DEFINE_config_file(
-      "config", str(DEFAULT_CONFIG), "A shipped config's name (smoke, cifar10_to_cifar100, "
-      "cifar10_to_cifar100_arms; NAME:val holds out validation) or a config file's path; "
-      "--config.KEY=VALUE overrides a key (--mode=config lists them).", lock_config=True)
-  _DEFINE_ERROR = None
-except (OSError, AttributeError, KeyError) as e:
-  _DEFINE_ERROR = e
 
 
 def _fail(message: str) -> None:
@@ -66,89 +53,12 @@ def _fail(message: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag or config ends in one line and exit 2, not a usage dump."""
+  """The flags, `--config` loaded by `cli.parse`; a mistake ends in one line and exit 2."""
   try:
-    argv = config_lib.named_config_argv(argv)
-    if _DEFINE_ERROR is not None:
-      raise _DEFINE_ERROR
-    rest = FLAGS(argv)
-    FLAGS.config.keys()  # a config file that failed to load raises only when touched
-    return rest
-  except SystemExit as e:  # absl's --help/--helpshort/--helpfull print, then exit 1
-    if e.code == 1 and any(a.split("=")[0] in _HELP for a in argv[1:]):
-      sys.exit(0)
-    raise
-  except UserError as e:  # from a config file's get_config (e.g. a bad FILE:ARG)
+    return cli_lib.parse(argv)
+  except UserError as e:
     _fail(str(e))
-  except flags.Error as e:
-    text = _message(e)
-    if "Error whilst parsing config file" in text:  # the config file raised; its last line says
-      reason = text.strip().splitlines()[-1].strip()
-      _fail(f"cannot load config {_config_path(argv)} ({reason}): fix the file, or pass a "
-            "shipped config's name, e.g. --config=smoke (NAME:ARG only where get_config takes "
-            "one)")
-    _fail(f"{_first_line(e)} (see --helpshort)")
-  except OSError as e:
-    reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
-    _fail(f"cannot load config file {_config_path(argv)} ({reason}): "
-          "pass an existing file or a shipped config's name, e.g. --config=smoke")
-  except (AttributeError, KeyError) as e:
-    if "get_config" in str(e):
-      _fail(f"config file {_config_path(argv)} defines no get_config(): "
-            "pass a tlflax config file or a shipped config's name, e.g. --config=smoke")
-    _fail(_unknown_key(e, argv))
   return []
-
-
-_HELP = ("--help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?")
-
-
-def _config_path(argv: list[str]) -> str:
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
-    if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
-  return str(DEFAULT_CONFIG)
-
-
-def _load_config(value: str):
-  """The config a `--config` value names, without overrides (None if it does not load)."""
-  file, _, arg = value.partition(":")
-  try:
-    spec = importlib.util.spec_from_file_location("_tlflax_config", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-  except Exception:  # noqa: BLE001 - only used to name close keys in an error
-    return None
-
-
-def _unknown_key(e: BaseException, argv: list[str]) -> str:
-  """One line for a --config.KEY=VALUE override of a key the config lacks, naming the
-  closest existing keys."""
-  config = _load_config(_config_path(argv))
-  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  keys = config_lib.flat_keys(config) if config is not None else {}
-  bad = next((k for k in overrides if k not in keys
-              and not any(f.startswith(k + ".") for f in keys)), _first_line(e))
-  close = config_lib.closest_keys(config, bad) if config is not None else []
-  hint = f" (closest: {', '.join(close)})" if close else ""
-  return (f"unknown config key {bad} in --config.{bad}=...{hint}: use a key the config "
-          "defines (--mode=config lists them)")
-
-
-def _message(e: BaseException) -> str:
-  """An exception's text; a KeyError's str() is the repr of its message (escaped quotes and
-  newlines), which ml_collections passes on inside other errors too."""
-  text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
-  return text.replace("\\n", "\n").replace("\\'", "'").strip()
-
-
-def _first_line(e: BaseException) -> str:
-  text = _message(e)
-  line = text.splitlines()[0].strip() if text else type(e).__name__
-  return line.strip("\"'") if " " not in line else line  # a KeyError's quoted key
 
 
 class _OwnInfoOnly(logging_std.Filter):
@@ -171,6 +81,7 @@ def _setup_jax() -> None:
 
 def run(mode: str, config, workdir: str):
   """Validates the config and dispatches to the mode."""
+  from tlflax import config as config_lib
   from tlflax import parallel, runner, study
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
@@ -178,7 +89,7 @@ def run(mode: str, config, workdir: str):
     return study.write_report(workdir, config.report.include_unfinished)
   config_lib.validate(config)
   if mode == "config":
-    print(config_lib.describe(config), flush=True)
+    print(cli_lib.describe(config), flush=True)
     return None
   if mode == "transfer":
     study.check_arm_rules(config, arms=False)
