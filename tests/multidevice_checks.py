@@ -17,17 +17,19 @@ import functools
 import json
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
+from runspecs import run_spec
 
-from tlflax import checkpoint, data, parallel, steps, train
+from tlflax import checkpoint, data, models, optim, parallel, steps, train
+from tlflax import config as config_lib
+from tlflax import trainer as trainer_lib
 from tlflax.config import phase_config
 from tlflax.errors import UserError
 
 # ResNet-10: the parallel machinery does not depend on depth, and half the depth halves every
 # compilation of this file.
-MODEL = ml_collections.ConfigDict({"name": "resnet10", "width": 4, "dtype": "float32"})
+MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
 # A small learning rate: at larger ones this tiny net amplifies float rounding (1e-7 -> 1e-3
 # within a few steps, on one device as much as on eight), which would hide what is compared.
 PHASE = phase_config("synthetic10", 2, train_split="train[:128]", test_split="test[:37]",
@@ -71,10 +73,11 @@ def steps_check(task, reference, placements) -> dict:
   model and optimizer `fit` builds (the persistent cache then shares the compiled steps with the
   fits below). The head bias starts at 0, so weight decay adds nothing to its first update: the
   ratio of first updates is the ratio of gradients."""
-  shapes = train.variable_shapes(MODEL, 10, (16, 16, 3))
-  setup = train.policy_setup("none", PHASE, MODEL, 10, shapes["params"], None, 4,
-                             note=lambda _: None)
-  variables = jax.device_get(train.init_variables(MODEL, 10, (16, 16, 3), 0))
+  shapes = models.variable_shapes(MODEL, 10, (16, 16, 3))
+  setup = optim.policy_setup("none", run_spec(PHASE, MODEL),
+                             optim.learning_rate_schedule(PHASE, PHASE.epochs, 4), 10,
+                             shapes["params"])
+  variables = jax.device_get(models.init_variables(MODEL, 10, (16, 16, 3), 0))
   host_data = {**data.device_data(task.train, task.mean, task.std),
                "aug_key": jax.random.key_data(jax.random.key(3))}
   table = data.epoch_rows(jax.random.key(1), 0, len(task.train), PHASE.batch_size)
@@ -135,14 +138,13 @@ class Interrupt(Exception):
   pass
 
 
-STREAM = ml_collections.ConfigDict({"pipeline": "stream", "device_budget_gb": 0.0,
-                                    "host_budget_gb": 0.0, "spill_dir": "", "prefetch": 2})
+STREAM = config_lib.data_config(pipeline="stream")
 
 
 def _fit(task, place, run_dir, interrupt=False, data_cfg=None):
   """Two epochs; with `interrupt`, dies during epoch 2's evaluation (epoch 1 is checkpointed).
   `data_cfg`: config.data (None: the splits on the devices)."""
-  real = train.evaluate
+  real = trainer_lib.evaluate
   calls = []
 
   def evaluate(*args, **kwargs):
@@ -151,15 +153,15 @@ def _fit(task, place, run_dir, interrupt=False, data_cfg=None):
       raise Interrupt
     return real(*args, **kwargs)
 
-  train.evaluate = evaluate
+  trainer_lib.evaluate = evaluate
   try:
-    return train.fit(PHASE, MODEL, task, run_dir, 0, placement=place,
-                     checkpoint_cfg={"keep": 3, "async_save": True}, log_every_steps=100,
-                     data_cfg=data_cfg)
+    return train.fit(run_spec(PHASE, MODEL, checkpoint={"keep": 3, "async_save": True},
+                              log_every_steps=100, data=data_cfg), task, run_dir,
+                     placement=place)
   except Interrupt:
     return None
   finally:
-    train.evaluate = real
+    trainer_lib.evaluate = real
 
 
 def resume_check(task, root, one, eight, pmap8) -> dict:
@@ -217,7 +219,7 @@ def tiny_on_four_devices(root: str) -> list[dict]:
 def batch_error_check(task, eight) -> str:
   bad = phase_config("synthetic10", 1, batch_size=100, image_size=16)
   try:
-    train.fit(bad, MODEL, task, "/nonexistent/never-created", 0, placement=eight)
+    train.fit(run_spec(bad, MODEL), task, "/nonexistent/never-created", placement=eight)
   except UserError as e:
     return str(e)
   return ""

@@ -4,14 +4,15 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
+from runspecs import run_spec
 
 from tlflax import checkpoint, data, train
 from tlflax import config as config_lib
+from tlflax import trainer as trainer_lib
 
-MODEL = ml_collections.ConfigDict({"name": "resnet10", "width": 4, "dtype": "float32"})
+MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
 PHASE = config_lib.phase_config("synthetic10", 3, train_split="train[:96]", test_split="test[:24]",
                                 image_size=16, batch_size=32, eval_batch_size=16,
                                 warmup_epochs=0.5)
@@ -37,8 +38,8 @@ class Interrupt(Exception):
 
 
 def _fit(task, run_dir):
-  return train.fit(PHASE, MODEL, task, str(run_dir), 0, transfer_cfg=TRANSFER,
-                   checkpoint_cfg=CKPT, log_every_steps=1)
+  return train.fit(run_spec(PHASE, MODEL, transfer=TRANSFER, checkpoint=CKPT, log_every_steps=1),
+                   task, str(run_dir))
 
 
 def _tree_equal(a, b):
@@ -128,11 +129,11 @@ def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, t
   _, whole = whole
 
   def fit(run_dir):
-    return train.fit(PHASE, MODEL, task, str(run_dir), 0, transfer_cfg=TRANSFER,
-                     checkpoint_cfg={**CKPT, "every_epochs": 2}, eval_every_epochs=2,
-                     log_every_steps=1)
+    return train.fit(run_spec(PHASE, MODEL, transfer=TRANSFER,
+                              checkpoint={**CKPT, "every_epochs": 2}, eval_every_epochs=2,
+                              log_every_steps=1), task, str(run_dir))
 
-  real_evaluate = train.evaluate
+  real_evaluate = trainer_lib.evaluate
   calls = []
 
   def evaluate_then_die(*args, **kwargs):
@@ -141,7 +142,7 @@ def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, t
       raise Interrupt
     return real_evaluate(*args, **kwargs)
 
-  monkeypatch.setattr(train, "evaluate", evaluate_then_die)
+  monkeypatch.setattr(trainer_lib, "evaluate", evaluate_then_die)
   with pytest.raises(Interrupt):
     fit(tmp_path / "cut")
   monkeypatch.undo()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from tlflax import conv, models, steps, train
+from tlflax import conv, models, steps
 from tlflax.errors import UserError
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -79,7 +79,7 @@ def test_resnet_train_gradients_equal_with_either_convolution():
   grads = {}
   for impl in ("xla", "gemm"):
     model = models.create_model("resnet10", 10, width=4, conv=impl)
-    variables = train.init_model(model, 0, x.shape[1:])
+    variables = models.init_model(model, 0, x.shape[1:])
 
     def loss(params, model=model, variables=variables):
       logits, _ = model.apply({**variables, "params": params}, x, train=True,

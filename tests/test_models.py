@@ -33,11 +33,10 @@ def test_parameter_paths_name_stem_stages_and_head():
 
 
 def test_output_shape_and_float32_params_for_any_dtype():
-  from tlflax import train
   for dtype in (jnp.float32, jnp.bfloat16):
     model = models.ResNet18(7, width=4, dtype=dtype)
     x = jnp.ones((3, 16, 16, 3))
-    variables = train.init_model(model, jax.random.key(0), x.shape[1:])
+    variables = models.init_model(model, jax.random.key(0), x.shape[1:])
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
     logits, inter = model.apply(variables, x, capture_intermediates=True)
     assert logits.shape == (3, 7) and logits.dtype == jnp.float32
@@ -46,10 +45,9 @@ def test_output_shape_and_float32_params_for_any_dtype():
 
 
 def test_train_mode_updates_batch_stats_and_eval_mode_does_not():
-  from tlflax import train
   model = models.ResNet18(3, width=4)
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
-  variables = train.init_model(model, jax.random.key(0), x.shape[1:])
+  variables = models.init_model(model, jax.random.key(0), x.shape[1:])
   _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
       variables, x)
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],

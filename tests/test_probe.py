@@ -5,15 +5,16 @@ import functools
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
+from runspecs import run_spec
 
-from tlflax import checkpoint, data, parallel, probe, steps, train
+from tlflax import checkpoint, data, models, optim, parallel, probe, steps, train
 from tlflax import config as config_lib
+from tlflax import trainer as trainer_lib
 from tlflax.errors import UserError
 
-MODEL = ml_collections.ConfigDict({"name": "resnet10", "width": 4, "dtype": "float32"})
+MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
 BASE = {"train_split": "train[:96]", "test_split": "test[:24]", "image_size": 16,
         "batch_size": 32, "eval_batch_size": 16, "learning_rate": 0.1, "warmup_epochs": 0.5}
 
@@ -29,8 +30,8 @@ def task():
 
 def _fit(task, run_dir, phase, cache, **transfer):
   cfg = config_lib.transfer_config(freeze="backbone", cache_features=cache, **transfer)
-  return train.fit(phase, MODEL, task, str(run_dir), 0, transfer_cfg=cfg,
-                   checkpoint_cfg={"keep": 1, "async_save": True}, log_every_steps=1)
+  return train.fit(run_spec(phase, MODEL, transfer=cfg, log_every_steps=1,
+                            checkpoint={"keep": 1, "async_save": True}), task, str(run_dir))
 
 
 def _curve(result):
@@ -57,9 +58,10 @@ def test_cached_probe_trains_as_the_uncached_probe(task, tmp_path, cache, augmen
 
 def test_a_cached_step_costs_a_small_fraction_of_an_uncached_one(task):
   phase = _phase()
-  variables = train.init_variables(MODEL, 10, (16, 16, 3), 0)
-  setup = train.policy_setup("backbone", phase, MODEL, 10, variables["params"],
-                             config_lib.transfer_config(freeze="backbone"), 3, note=print)
+  variables = models.init_variables(MODEL, 10, (16, 16, 3), 0)
+  spec = run_spec(phase, MODEL, transfer=config_lib.transfer_config(freeze="backbone"))
+  setup = optim.policy_setup("backbone", spec, optim.learning_rate_schedule(phase, 2, 3), 10,
+                             variables["params"], note=print)
   state = steps.create_train_state(setup.tx, variables)
   placement = parallel.Placement.create()
   train_data = placement.replicate(data.device_data(task.train, task.mean, task.std))
@@ -88,17 +90,17 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
   a run killed during epoch 3 resumes from epoch 2 and ends where the uninterrupted one does."""
   phase = _phase(epochs=3)
   schedule = {"unfreeze": ((2, "stages:2"),)}
-  real = train.evaluate
+  real = trainer_lib.evaluate
   seen = []  # the params at every evaluation, i.e. after epochs 1, 2 and 3
 
   def evaluate_and_keep(eval_fn, state, *args, **kwargs):
     seen.append(jax.device_get(state.params))
     return real(eval_fn, state, *args, **kwargs)
 
-  monkeypatch.setattr(train, "evaluate", evaluate_and_keep)
+  monkeypatch.setattr(trainer_lib, "evaluate", evaluate_and_keep)
   whole = _fit(task, tmp_path / "whole", phase, True, **schedule)
-  monkeypatch.setattr(train, "evaluate", real)
-  init = jax.device_get(train.init_variables(MODEL, 10, (16, 16, 3), 0)["params"])
+  monkeypatch.setattr(trainer_lib, "evaluate", real)
+  init = jax.device_get(models.init_variables(MODEL, 10, (16, 16, 3), 0)["params"])
 
   def same(params, prefix):
     pairs = [(a, b) for (p, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0],
@@ -121,10 +123,10 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
       raise Interrupt
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(train, "evaluate", evaluate_then_die)
+  monkeypatch.setattr(trainer_lib, "evaluate", evaluate_then_die)
   with pytest.raises(Interrupt):
     _fit(task, tmp_path / "cut", phase, True, **schedule)
-  monkeypatch.setattr(train, "evaluate", real)
+  monkeypatch.setattr(trainer_lib, "evaluate", real)
   ckpts = checkpoint.RunCheckpoints(str(tmp_path / "cut" / "checkpoints"))
   assert ckpts.latest_step() == 2 * 3
   ckpts.close()
@@ -135,7 +137,7 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
   lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
   assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in whole.history]
   # Stages 3-4 moved in epoch 3: the backbone is no longer what the probe saw.
-  first = train.init_variables(MODEL, 10, (16, 16, 3), 0)["params"]["stage4_block1"]
+  first = models.init_variables(MODEL, 10, (16, 16, 3), 0)["params"]["stage4_block1"]
   assert not np.allclose(np.asarray(whole.state.params["stage4_block1"]["conv1"]["kernel"]),
                          np.asarray(first["conv1"]["kernel"]))
 

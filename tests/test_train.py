@@ -4,15 +4,16 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
+from runspecs import run_spec
 
-from tlflax import checkpoint, data, models, parallel, steps, train
+from tlflax import checkpoint, data, models, optim, parallel, steps, train, trainer
+from tlflax import config as config_lib
 from tlflax.config import phase_config
 
-MODEL = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "float32"})
+MODEL = config_lib.model_config(name="resnet18", width=4, dtype="float32")
 
 
 def _task(n_train=256, n_test=37, size=16):
@@ -33,7 +34,7 @@ def test_a_few_steps_lower_the_loss(dtype):
   model = models.create_model("resnet18", 10, width=4, dtype=dtype)
   tx = optax.sgd(0.05, momentum=0.9)
   state = steps.create_train_state(
-      tx, train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
+      tx, models.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx))
   batch = {"image": data.normalize(jnp.asarray(task.train.images[:64]), task.mean, task.std),
            "label": jnp.asarray(task.train.labels[:64])}
@@ -50,13 +51,13 @@ def test_evaluation_counts_every_example_once_and_matches_a_direct_computation()
   task = _task(n_test=37)
   model = models.create_model("resnet18", 10, width=4)
   state = steps.create_train_state(
-      optax.sgd(0.1), train.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
+      optax.sgd(0.1), models.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   place = parallel.Placement.create()
   padded = data.pad_for_eval(task.test, 16)
   test_data = place.replicate(data.device_data(padded, task.mean, task.std))
   rows = place.rows(np.arange(48, dtype=np.int32).reshape(3, 16))
   eval_fn = place.spmd(functools.partial(steps.eval_step_on_data, model=model), 4, split=(2,))
-  result = train.evaluate(eval_fn, state, {"test": (0, 3)},
+  result = trainer.evaluate(eval_fn, state, {"test": (0, 3)},
                           lambda lo, hi: ((test_data, rows, i) for i in range(lo, hi)))
   assert result["test_count"] == 37
   images = data.normalize(jnp.asarray(task.test.images), task.mean, task.std)
@@ -72,7 +73,8 @@ def test_evaluation_counts_every_example_once_and_matches_a_direct_computation()
 
 def _fit(tmp_path, seed, name):
   task = _task(n_train=128, n_test=20)
-  return train.fit(_phase(), MODEL, task, str(tmp_path / name), seed, log_every_steps=2)
+  return train.fit(run_spec(_phase(), MODEL, seed=seed, log_every_steps=2), task,
+                   str(tmp_path / name))
 
 
 def test_fit_is_deterministic_for_a_seed_and_writes_metrics(tmp_path):
@@ -94,7 +96,7 @@ def test_fit_is_deterministic_for_a_seed_and_writes_metrics(tmp_path):
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_zero():
-  sched = train.learning_rate_schedule(_phase(epochs=10, warmup_epochs=2, learning_rate=0.4), 5)
+  sched = optim.learning_rate_schedule(_phase(warmup_epochs=2, learning_rate=0.4), 10, 5)
   assert float(sched(0)) == 0.0
   assert float(sched(10)) == pytest.approx(0.4)
   assert float(sched(5)) == pytest.approx(0.2)
@@ -104,16 +106,17 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero():
 
 def test_weight_decay_is_added_to_the_gradient():
   params = {"w": jnp.array([2.0])}
-  tx = train.make_optimizer(_phase(epochs=3, momentum=0.0, weight_decay=0.5, learning_rate=1.0,
-                                   warmup_epochs=0.0), steps_per_epoch=1)
+  phase = _phase(momentum=0.0, weight_decay=0.5, learning_rate=1.0, warmup_epochs=0.0)
+  tx = optim.make_optimizer(phase, optim.learning_rate_schedule(phase, 3, 1))
   updates, _ = tx.update({"w": jnp.array([0.0])}, tx.init(params), params)
   assert float(updates["w"][0]) == pytest.approx(-1.0)  # -lr * wd * w at step 0
 
 
 def test_a_bfloat16_run_keeps_float32_params_statistics_optimizer_state_and_checkpoints(tmp_path):
   task = _task(n_train=64, n_test=20)
-  bf16 = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "bfloat16"})
-  result = train.fit(_phase(epochs=1), bf16, task, str(tmp_path / "bf16"), 0, log_every_steps=4)
+  bf16 = config_lib.model_config(name="resnet18", width=4, dtype="bfloat16")
+  result = train.fit(run_spec(_phase(epochs=1), bf16, log_every_steps=4), task,
+                     str(tmp_path / "bf16"))
   assert result.summary["dtype"] == "bfloat16"
   assert all(np.isfinite(r[k]) for r in result.history for k in ("train_loss", "test_loss"))
   state = result.state
@@ -126,9 +129,9 @@ def test_a_bfloat16_run_keeps_float32_params_statistics_optimizer_state_and_chec
 
 def test_nesterov_momentum_matches_a_hand_computed_update():
   """PyTorch's SGD(nesterov=True, dampening=0): b = mu b + g; step = -lr (g + mu b)."""
-  phase = _phase(epochs=4, momentum=0.9, weight_decay=0.0, learning_rate=0.5, warmup_epochs=1.0)
-  tx = train.make_optimizer(phase, steps_per_epoch=2)
-  lr = train.learning_rate_schedule(phase, 2)
+  phase = _phase(momentum=0.9, weight_decay=0.0, learning_rate=0.5, warmup_epochs=1.0)
+  lr = optim.learning_rate_schedule(phase, 4, 2)
+  tx = optim.make_optimizer(phase, lr)
   params = {"w": jnp.array([1.0, -2.0])}
   state = tx.init(params)
   buf = np.zeros(2)

@@ -4,15 +4,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
+from runspecs import run_spec
 
-from tlflax import checkpoint, steps, train, transfer
+from tlflax import checkpoint, models, optim, steps, train, transfer
 from tlflax import config as config_lib
 from tlflax.errors import UserError
 
-MODEL = ml_collections.ConfigDict({"name": "resnet18", "width": 4, "dtype": "float32"})
+MODEL = config_lib.model_config(name="resnet18", width=4, dtype="float32")
 PHASE = config_lib.phase_config("synthetic10", 2, learning_rate=0.1, weight_decay=0.05,
                                 warmup_epochs=0.0)
 FROZEN_PREFIX = ("stem_", "stage1_", "stage2_")
@@ -20,7 +20,7 @@ FROZEN_PREFIX = ("stem_", "stage1_", "stage2_")
 
 @functools.cache
 def _variables(num_classes=10, seed=0):
-  return train.init_variables(MODEL, num_classes, (16, 16, 3), seed)
+  return models.init_variables(MODEL, num_classes, (16, 16, 3), seed)
 
 
 def _batch(n=16, seed=0):
@@ -30,9 +30,9 @@ def _batch(n=16, seed=0):
 
 
 def _setup(policy, phase=PHASE, **transfer_overrides):
-  cfg = config_lib.transfer_config(**transfer_overrides)
-  return train.policy_setup(policy, phase, MODEL, 10, _variables()["params"], cfg, 10,
-                            note=lambda _: None)
+  spec = run_spec(phase, MODEL, transfer=config_lib.transfer_config(**transfer_overrides))
+  return optim.policy_setup(policy, spec, optim.learning_rate_schedule(phase, phase.epochs, 10),
+                            10, _variables()["params"])
 
 
 def _run_steps(setup, num_steps=3):
@@ -154,7 +154,7 @@ def test_gradual_unfreezing_keeps_state_of_already_trainable_params():
   probe, full = _setup("backbone"), _setup("none")
   old = probe.tx.init(params)
   old = jax.tree.map(lambda x: x + 7 if x.ndim else x + 3, old)  # pretend it trained
-  carried = train.carry_opt_state(old, full.tx.init(params))
+  carried = optim.carry_opt_state(old, full.tx.init(params))
   flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(carried)[0]}
   head = [x for p, x in flat.items() if "['head']" in p]
   backbone = [x for p, x in flat.items() if "['stage1_block1']" in p]
@@ -176,7 +176,7 @@ def source_run(tmp_path_factory):
                                   test_split="test[:16]", image_size=16, batch_size=32,
                                   warmup_epochs=0.0)
   task = data.load_task(phase, None, seed=0)
-  result = train.fit(phase, MODEL, task, str(run_dir), 0)
+  result = train.fit(run_spec(phase, MODEL), task, str(run_dir))
   return str(run_dir), result
 
 
@@ -184,7 +184,7 @@ def test_transfer_restore_keeps_backbone_and_reinitialises_head(source_run):
   run_dir, result = source_run
   restored, name = checkpoint.restore_variables(run_dir)
   assert name.endswith("/checkpoints/2")
-  fresh = train.init_variables(MODEL, 100, (16, 16, 3), seed=5)
+  fresh = models.init_variables(MODEL, 100, (16, 16, 3), seed=5)
   merged = transfer.merge_pretrained(fresh, restored, ("^head/",), name)
   src = transfer.flatten(result.state.params)
   out = transfer.flatten(merged["params"])
@@ -198,18 +198,18 @@ def test_transfer_restore_keeps_backbone_and_reinitialises_head(source_run):
 def test_checkpoint_that_does_not_fit_fails_with_a_listing(source_run):
   run_dir, _ = source_run
   restored, name = checkpoint.restore_variables(run_dir)
-  other_classes = train.variable_shapes(MODEL, 100, (16, 16, 3))
+  other_classes = models.variable_shapes(MODEL, 100, (16, 16, 3))
   with pytest.raises(UserError, match=r"shape mismatch \[params/head/bias \(10,\) vs \(100,\), "
                                       r"params/head/kernel \(32, 10\) vs \(32, 100\)\]"):
     transfer.merge_pretrained(other_classes, restored, (), name)
-  resnet34 = ml_collections.ConfigDict({"name": "resnet34", "width": 4, "dtype": "float32"})
-  deeper = train.variable_shapes(resnet34, 10, (16, 16, 3))
+  resnet34 = config_lib.model_config(name="resnet34", width=4, dtype="float32")
+  deeper = models.variable_shapes(resnet34, 10, (16, 16, 3))
   with pytest.raises(UserError, match=r"missing \[batch_stats/stage1_block3/bn1/mean, .*"
                                       r"\(\+74 more\)\]"):
     transfer.merge_pretrained(deeper, restored, ("^head/",), name)
   with pytest.raises(UserError, match="holds no tlflax checkpoint"):
     checkpoint.restore_variables(str(run_dir) + "/nothing_here")
-  same = transfer.merge_pretrained(train.init_variables(MODEL, 10, (16, 16, 3), 0), restored,
+  same = transfer.merge_pretrained(models.init_variables(MODEL, 10, (16, 16, 3), 0), restored,
                                    (), name)  # equal class counts, reinit=(): plain fine-tuning
   assert _same(transfer.flatten(same["params"])["head/kernel"],
                transfer.flatten(restored["params"])["head/kernel"])

@@ -8,14 +8,14 @@ N stages frozen), `linear_probe` (the head on cached features) and `eval` — co
 (empty compilation cache) and warm (from the persistent cache), steady-state images per second,
 XLA's FLOPs per step, achieved TFLOP/s and MFU where the device's peak is known; the host's share
 of step time, peak device memory where the backend reports it, and the seconds from process start
-to the first train step with a cold and a warm compilation cache. The steps are the ones `fit`
-compiles (`train.step_functions`), fed random images of the config's target shape.
+to the first train step with a cold and a warm compilation cache. Every variant runs the steps a
+run's `trainer.Trainer` compiles (`bench_trainer`: the config's model, the target's class count),
+fed random images of the config's target shape.
 
-`--what=freeze`: one train step of the target model per freeze policy (`--policies`).
+`--what=freeze`: the same train step of the target model per freeze policy (`--policies`).
 """
 
 import contextlib
-import functools
 import json
 import os
 import subprocess
@@ -24,8 +24,8 @@ import tempfile
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from tlflax import cli
 from tlflax import config as config_lib
 from tlflax.errors import UserError
 
@@ -50,8 +50,6 @@ flags.DEFINE_bool("startup", True, "--what=step: time process start to first ste
                   "subprocesses).")
 flags.DEFINE_string("cache_dir", "", "Compilation cache (default: a fresh temporary folder, so "
                     "'cold' is cold).")
-_DEFAULT_CONFIG = str(config_lib.configs_dir() / "cifar10_to_cifar100.py")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file.")
 
 # Dense peak TFLOP/s per chip: (bfloat16, float32 as XLA computes it by default: TF32 on NVIDIA
 # Ampere and later, bfloat16 passes on TPU). First match of the device_kind wins.
@@ -110,6 +108,30 @@ def _policy(variant: str) -> str:
   return {"full": "none", "linear_probe": "backbone", "eval": "none"}.get(variant, variant)
 
 
+def bench_trainer(config, policy: str, task, placement, cache_features: bool = False):
+  """(trainer, state, rows): the `trainer.Trainer` a run of `config` builds, under freeze
+  `policy` (a transfer run with that policy, or the scratch run for 'none'), started from a fresh
+  init on `task`; `rows` is epoch 0's table. Nothing is compiled yet."""
+  import jax
+
+  from tlflax import models, monitor, pipeline
+  from tlflax import spec as spec_lib
+  from tlflax import trainer as trainer_lib
+  cfg = config.copy_and_resolve_references()
+  mode = "scratch" if policy == "none" else "transfer"
+  cfg.transfer.freeze, cfg.transfer.unfreeze = policy, ()
+  cfg.transfer.cache_features = cache_features
+  spec = spec_lib.RunSpec.create(mode, cfg)
+  plan = spec_lib.Plan.create(spec, len(task.train), placement)
+  recorder = monitor.Recorder(tempfile.gettempdir(), "bench", plan, quiet=True)
+  feed = pipeline.make_feed(spec.data, placement, task, spec.phase.eval_batch_size, recorder.note)
+  trainer = trainer_lib.Trainer(spec, plan, task, placement, feed, recorder)
+  variables = placement.replicate(models.init_variables(
+      spec.model, task.num_classes, task.train.images.shape[1:], spec.seed))
+  state = trainer.begin(jax.random.key(spec.seed), variables=variables)
+  return trainer, state, trainer.epoch_rows(0)
+
+
 def _flops(compiled, num_devices: int) -> float:
   """XLA's FLOP count of one step over all devices (its cost analysis is per device)."""
   cost = compiled.cost_analysis()
@@ -117,17 +139,17 @@ def _flops(compiled, num_devices: int) -> float:
   return float(cost.get("flops", float("nan"))) * num_devices
 
 
-def _compile_twice(lower) -> tuple[object, float, float]:
-  """(compiled, cold s, warm s): compiled once, then again after dropping the in-memory caches,
-  so the second compile is what a rerun gets from the persistent cache."""
+def _compile_twice(trainer, state, rows) -> tuple[float, float]:
+  """(cold s, warm s): the trainer's steps compiled once, then again after dropping the
+  in-memory caches, so the second compile is what a rerun gets from the persistent cache."""
   import jax
   t0 = time.perf_counter()
-  compiled = lower().compile()
+  trainer.compile(state, rows)
   cold = time.perf_counter() - t0
   jax.clear_caches()
   t0 = time.perf_counter()
-  compiled = lower().compile()
-  return compiled, cold, time.perf_counter() - t0
+  trainer.compile(state, rows)
+  return cold, time.perf_counter() - t0
 
 
 def _time_steps(run, n: int) -> tuple[float, float]:
@@ -149,59 +171,31 @@ def _time_steps(run, n: int) -> tuple[float, float]:
 
 
 def measure_variant(variant: str, config, task, placement, num_steps: int) -> dict:
-  """One variant's compile times, speed and FLOPs, as `fit` would compile and run its step."""
-  import jax
-  import numpy as np
-
-  from tlflax import data, models, pipeline, probe, steps, train
-  phase = config.target
-  policy = _policy(variant)
-  transfer_cfg = None
-  if variant != "full" and variant != "eval":
-    transfer_cfg = config.transfer.copy_and_resolve_references()
-    transfer_cfg.freeze, transfer_cfg.unfreeze = policy, ()
-    transfer_cfg.cache_features = variant == "linear_probe"
-  n = len(task.train)
-  shape = task.train.images.shape[1:]
-  variables = placement.replicate(train.init_variables(config.model, task.num_classes, shape,
-                                                       config.seed))
-  setup = train.policy_setup(policy, phase, config.model, task.num_classes,
-                             variables["params"], transfer_cfg, n // phase.batch_size,
-                             note=lambda _: None)
-  setup.features = probe.mode_for(transfer_cfg, policy)
-  state = placement.jit_replicated(functools.partial(steps.create_train_state, setup.tx))(
-      variables)
-  train_data, test_data, eval_rows, _ = pipeline.place_data(placement, task, phase.eval_batch_size)
-  train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(jax.random.key(0))))
-  rows = placement.rows(data.epoch_rows(jax.random.key(1), 0, n, phase.batch_size))
-  base_model = models.from_config(config.model, task.num_classes)
-  train_fn, eval_fn = train.step_functions(setup, placement, phase, base_model)
+  """One variant's compile times, speed and FLOPs: the steps a run's `Trainer` compiles and
+  runs, under the variant's freeze policy."""
+  from tlflax import steps
+  trainer, state, rows = bench_trainer(config, _policy(variant), task, placement,
+                                       cache_features=variant == "linear_probe")
   row = {"variant": variant}
+  row["compile_s"], row["compile_warm_s"] = _compile_twice(trainer, state, rows)
   if variant == "eval":
-    variables = steps.eval_variables(state)
-    compiled, row["compile_s"], row["compile_warm_s"] = _compile_twice(
-        lambda: eval_fn.lower(variables, test_data, eval_rows, 0))
-    step_s, host = _time_steps(lambda: compiled(variables, test_data, eval_rows, 0), num_steps)
-    images = eval_rows.shape[1]
+    variables, args = steps.eval_variables(state), trainer.eval_args()
+    step_s, host = _time_steps(lambda: trainer.eval_step(variables, *args), num_steps)
+    images, compiled = trainer.feed.eval_batch, trainer.eval_step
   else:
-    step_data = train_data
-    if setup.features:
-      cache = probe.FeatureCache(placement, base_model, phase, train_data, test_data, eval_rows)
-      cache.compile(state, setup.features, rows)
-      step_data = cache.train(state, setup.features, rows, 0)
-      row["features_s"] = cache.seconds
-      row["features_img_per_s"] = n / cache.seconds
-    sums = steps.zero_metrics()
-    compiled, row["compile_s"], row["compile_warm_s"] = _compile_twice(
-        lambda: train_fn.lower(state, sums, step_data, rows))
-    carry = [state, sums]
+    step_data = trainer.epoch_data(state, 0, rows)
+    if step_data is not None:
+      row["features_s"] = trainer.cache.seconds
+      row["features_img_per_s"] = len(task.train) / trainer.cache.seconds
+    args = trainer.train_args(rows, step_data)
+    carry = [state, steps.zero_metrics()]
 
     def run():
-      carry[0], carry[1] = compiled(carry[0], carry[1], step_data, rows)
+      carry[0], carry[1] = trainer.train_step(carry[0], carry[1], *args)
       return carry[1]
 
     step_s, host = _time_steps(run, num_steps)
-    images = phase.batch_size
+    images, compiled = config.target.batch_size, trainer.train_step
   row.update(step_ms=1e3 * step_s, img_per_s=images / step_s, host_share=host,
              flops_per_step=_flops(compiled, placement.num_devices))
   row["tflops"] = row["flops_per_step"] / step_s / 1e12
@@ -230,24 +224,14 @@ def startup_main(config) -> None:
   """The child of `_startup`: initialise, compile the full train step (from the cache when
   warm), take one step, print the seconds since the parent launched this process."""
   import jax
-  import numpy as np
 
-  from tlflax import data, models, parallel, pipeline, steps, train
-  phase = config.target
+  from tlflax import parallel, steps
   placement = parallel.Placement.create(config.parallel)
-  task = random_task(phase, _num_classes(phase.dataset), batches=1)
-  variables = placement.replicate(train.init_variables(
-      config.model, task.num_classes, task.train.images.shape[1:], config.seed))
-  setup = train.policy_setup("none", phase, config.model, task.num_classes, variables["params"],
-                             None, 1, note=lambda _: None)
-  state = placement.jit_replicated(functools.partial(steps.create_train_state, setup.tx))(
-      variables)
-  train_data, _, _, _ = pipeline.place_data(placement, task, phase.eval_batch_size)
-  train_data["aug_key"] = placement.replicate(np.asarray(jax.random.key_data(jax.random.key(0))))
-  rows = placement.rows(data.epoch_rows(jax.random.key(1), 0, len(task.train), phase.batch_size))
-  train_fn, _ = train.step_functions(setup, placement, phase,
-                                     models.from_config(config.model, task.num_classes))
-  jax.block_until_ready(train_fn(state, steps.zero_metrics(), train_data, rows))
+  task = random_task(config.target, _num_classes(config.target.dataset), batches=1)
+  trainer, state, rows = bench_trainer(config, "none", task, placement)
+  state = trainer.ready(0, state, rows)
+  jax.block_until_ready(trainer.train_step(state, steps.zero_metrics(),
+                                           *trainer.train_args(rows)))
   print(json.dumps({"first_step_s": time.time() - float(os.environ["TLFLAX_BENCH_T0"])}))
 
 
@@ -299,7 +283,7 @@ def step_benchmark(config, variants, num_steps: int, config_path: str, overrides
          "batch_size": phase.batch_size, "eval_batch_size": phase.eval_batch_size,
          "image_size": phase.image_size, "num_classes": task.num_classes,
          "model": config.model.name, "width": config.model.width, "dtype": dtype,
-         "conv": conv.resolve(config.model.get("conv", "auto")), "parallel": placement.kind,
+         "conv": conv.resolve(config.model.conv), "parallel": placement.kind,
          "jax": jax.__version__, "peak_tflops_per_device": peak,
          "host_share": full["host_share"], "peak_memory_bytes": _peak_memory(),
          "results": results}
@@ -340,38 +324,31 @@ def step_markdown(out: dict) -> str:
 
 
 def freeze_benchmark(config, policies, num_steps: int) -> list[dict]:
-  """Times the target's train step under each freeze policy."""
+  """Times the target's train step under each freeze policy: the step a run's `Trainer`
+  compiles (the probe uncached, so every policy runs on images)."""
   import jax
-  import jax.numpy as jnp
 
-  from tlflax import steps, train
-  phase = config.target
-  num_classes = 100
-  shape = (phase.image_size, phase.image_size, 3)
-  variables = train.init_variables(config.model, num_classes, shape, config.seed)
-  keys = jax.random.split(jax.random.key(1), 2)
-  batch = {"image": jax.random.normal(keys[0], (phase.batch_size,) + shape),
-           "label": jax.random.randint(keys[1], (phase.batch_size,), 0, num_classes)}
+  from tlflax import parallel, steps
+  placement = parallel.Placement.create(config.parallel)
+  task = random_task(config.target, _num_classes(config.target.dataset))
   rows = []
   for policy in policies:
-    setup = train.policy_setup(policy, phase, config.model, num_classes, variables["params"],
-                               config.transfer, 100, note=lambda _: None)
-    fresh = jax.tree.map(jnp.copy, variables)  # the step donates its state
-    state = steps.create_train_state(setup.tx, fresh)
+    trainer, state, table = bench_trainer(config, policy, task, placement)
     t0 = time.perf_counter()
-    step = jax.jit(functools.partial(steps.train_step, model=setup.model, tx=setup.tx),
-                   donate_argnums=0).lower(state, batch).compile()
+    trainer.compile(state, table)
     compile_s = time.perf_counter() - t0
-    flops = _flops(step, 1)
-    state, metrics = step(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
+    args = trainer.train_args(table)
+    sums = steps.zero_metrics()
+    state, sums = trainer.train_step(state, sums, *args)  # warm-up
+    jax.block_until_ready(sums)
     t0 = time.perf_counter()
     for _ in range(num_steps):
-      state, metrics = step(state, batch)
-    jax.block_until_ready((state, metrics))
+      state, sums = trainer.train_step(state, sums, *args)
+    jax.block_until_ready((state, sums))
     step_s = (time.perf_counter() - t0) / num_steps
     rows.append({"policy": policy, "compile_s": compile_s, "step_ms": 1e3 * step_s,
-                 "img_per_s": phase.batch_size / step_s, "gflops_per_step": flops / 1e9})
+                 "img_per_s": config.target.batch_size / step_s,
+                 "gflops_per_step": _flops(trainer.train_step, placement.num_devices) / 1e9})
   base = rows[0]["step_ms"]
   for row in rows:
     row["speedup"] = base / row["step_ms"]
@@ -380,8 +357,9 @@ def freeze_benchmark(config, policies, num_steps: int) -> list[dict]:
 
 def freeze_markdown(rows: list[dict], config) -> str:
   import jax
-  head = (f"ResNet-18 width {config.model.width}, {config.model.dtype}, batch "
-          f"{config.target.batch_size} of {config.target.image_size}x{config.target.image_size}, "
+  t = config.target
+  head = (f"{config.model.name} width {config.model.width}, {config.model.dtype}, batch "
+          f"{t.batch_size} of {t.image_size}x{t.image_size}, {_num_classes(t.dataset)} classes, "
           f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}\n\n"
           "| freeze | compile s | ms/step | img/s | GFLOP/step (XLA) | speed-up vs first |\n"
           "|---|---|---|---|---|---|\n")
@@ -419,9 +397,7 @@ def main(argv):
     for v in FLAGS.variants:
       if v not in ("full", "linear_probe", "eval") and not v.startswith("stages:"):
         raise UserError(f"unknown variant {v!r}: use full, stages:N, linear_probe or eval")
-    config_path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")),
-                       _DEFAULT_CONFIG)
-    out = step_benchmark(FLAGS.config, FLAGS.variants, FLAGS.steps, config_path,
+    out = step_benchmark(FLAGS.config, FLAGS.variants, FLAGS.steps, cli.config_value(sys.argv),
                          _config_overrides(sys.argv))
     if FLAGS["compare-torch"].value:
       out["torch"] = compare_torch(FLAGS.config, out["num_classes"],
@@ -437,10 +413,14 @@ def main(argv):
       json.dump(out, f, indent=2)
 
 
-if __name__ == "__main__":
+def _parse_flags(argv: list[str]) -> list[str]:
+  """The flags, `--config` loaded by `cli.parse` (a name or a file, as for `tlflax`)."""
   try:
-    sys.argv = config_lib.named_config_argv(sys.argv)
+    return cli.parse(argv)
   except UserError as e:
     print(f"tlflax.bench: error: {e}", file=sys.stderr)
     sys.exit(2)
-  app.run(main)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -17,6 +17,7 @@ import errno
 import os
 import re
 import shutil
+from typing import Self
 
 import jax
 import numpy as np
@@ -50,7 +51,7 @@ def _selection_metric(metrics: dict) -> float:
 
 class RunCheckpoints:
   """The checkpoints of one run: async saves, the last `keep` and the best by accuracy
-  (`_selection_metric`)."""
+  (`_selection_metric`). A context manager: leaving it waits for pending saves and closes."""
 
   def __init__(self, directory: str, keep: int = 2, keep_best: bool = True,
                async_save: bool = True):
@@ -68,6 +69,18 @@ class RunCheckpoints:
         best_fn=_selection_metric if keep_best else None, best_mode="max",
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True),
         item_handlers=_handlers())
+
+  @classmethod
+  def of_run(cls, run_dir: str, checkpoint_cfg) -> "RunCheckpoints":
+    """The checkpoints of the run in `run_dir`, kept as `config.checkpoint` says."""
+    return cls(os.path.join(run_dir, "checkpoints"), keep=checkpoint_cfg.keep,
+               keep_best=checkpoint_cfg.keep_best, async_save=checkpoint_cfg.async_save)
+
+  def __enter__(self) -> Self:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()

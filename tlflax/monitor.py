@@ -1,10 +1,12 @@
-"""What a run tells the user while it trains: metrics files, TensorBoard events, progress."""
+"""What a run tells the user while it trains: metrics files, TensorBoard events, progress, and
+the `Recorder` that holds them together for one run (its history and its time)."""
 
 import glob
 import json
 import os
 import sys
 import time
+from typing import Self
 
 from absl import logging
 
@@ -217,3 +219,94 @@ class Progress:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+
+
+SECONDS = ("wall_s", "train_s", "compile_s", "load_s")
+
+
+class Recorder:
+  """What one run leaves for its user, and what it remembers of itself: the metric history
+  (`metrics.jsonl`, `train_steps.jsonl` and TensorBoard, from process 0 only), the progress line,
+  and its time (`SECONDS`, summed over the attempts of a resumed run).
+
+  `started` (a `time.perf_counter()` reading, default now): when the run's work began; the time
+  before the recorder (loading the data, restoring a source) counts as `load_s`.
+  """
+
+  def __init__(self, run_dir: str, label: str, plan, quiet: bool = False,
+               started: float | None = None):
+    now = time.perf_counter()
+    self.run_dir, self.plan, self.main = run_dir, plan, not quiet
+    self.progress = Progress(label, plan.epochs, plan.steps_per_epoch, plan.batch_size,
+                             plan.log_every, quiet=quiet)
+    self.history: list[dict] = []
+    self._started = now if started is None else started
+    self._earlier = dict.fromkeys(SECONDS, 0.0)  # of earlier attempts
+    self._seconds = dict.fromkeys(SECONDS[1:], 0.0)  # of this one, wall_s aside
+    self._seconds["load_s"] = now - self._started
+    self._writer = None
+
+  def note(self, message: str) -> None:
+    self.progress.note(message)
+
+  def open(self, hparams: dict, resumed: tuple[int, int, dict] | None = None) -> None:
+    """Starts writing: afresh, or for a run `resumed` = (epoch, global step, seconds of earlier
+    attempts) from a checkpoint, whose later records were rolled back."""
+    if resumed is not None:
+      epoch, _step, earlier = resumed
+      self._earlier.update(earlier)
+      self.history = [r for r in read_metrics(self.run_dir) if r["epoch"] <= epoch]
+      if self.main:
+        truncate_metrics(self.run_dir, epoch)
+    elif self.main and read_metrics(self.run_dir):
+      truncate_metrics(self.run_dir, 0)  # stopped before its first checkpoint: start over
+    if self.main:
+      self._writer = MetricsWriter(self.run_dir, self.history if resumed else None,
+                                   resumed[1] if resumed else 0, hparams)
+
+  def add_time(self, kind: str, seconds: float) -> None:
+    self._seconds[kind] += seconds
+
+  def elapsed(self) -> dict:
+    """Seconds so far, all attempts: wall-clock since the work began, and its parts."""
+    out = {k: self._earlier[k] + v for k, v in self._seconds.items()}
+    out["wall_s"] = self._earlier["wall_s"] + time.perf_counter() - self._started
+    return out
+
+  def window(self, step: int, window: dict) -> None:
+    """A `log_every_steps` window ending at global `step` (train_steps.jsonl, TensorBoard)."""
+    if self._writer is not None:
+      self._writer.write_step({"step": step, **window,
+                               "learning_rate": self.plan.learning_rate(step)})
+
+  def record(self, record: dict) -> None:
+    """An evaluation's record: history, metrics.jsonl, TensorBoard, the progress line."""
+    self.history.append(record)
+    if self._writer is not None:
+      self._writer.write(record)
+    val = f" val_acc {record['val_accuracy']:.4f}" if "val_accuracy" in record else ""
+    self.note(f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f} test_loss "
+              f"{record['test_loss']:.4f} test_acc {record['test_accuracy']:.4f} top5 "
+              f"{record['test_top5']:.4f}{val} ({record['img_per_s']:.0f} img/s)")
+
+  def event(self, event: dict) -> None:
+    """An event (interrupted, diverged) in metrics.jsonl."""
+    if self.main:
+      write_event(self.run_dir, event)
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+  def __enter__(self) -> Self:
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    try:
+      self.close()
+    except OSError:
+      if exc_type is None:
+        raise
+      # Already failing (e.g. a full disk, which fails this flush too): that error is the one
+      # to report; the metrics written before it are on disk.

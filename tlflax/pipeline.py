@@ -1,6 +1,7 @@
 """Where a run's batches come from: the splits on the devices, or streamed from host memory.
 
-`make_feed` picks one of two feeds with one interface, so `train.fit` runs either the same way.
+`make_feed` picks one of two feeds with one interface, so a run (`trainer.Trainer`) takes its
+batches from either the same way.
 
 `DeviceFeed` (the default) keeps the splits on the devices, a full copy on each: every step
 gathers, augments and normalises its batch from there, with no host work. A split too large for
@@ -56,11 +57,10 @@ def device_budget_bytes(budget_gb: float, placement) -> int:
 def choose(data_cfg, task: data_lib.Task, placement) -> tuple[str, str]:
   """('device' or 'stream', why) for a task under config.data."""
   need = task_device_bytes(task)
-  pipeline = data_cfg.pipeline if data_cfg is not None else "auto"
+  pipeline = data_cfg.pipeline
   if pipeline != "auto":
     return pipeline, f"data.pipeline={pipeline!r}"
-  budget = device_budget_bytes(data_cfg.device_budget_gb if data_cfg is not None else 0.0,
-                               placement)
+  budget = device_budget_bytes(data_cfg.device_budget_gb, placement)
   why = (f"{_size(need)} of images {'>' if need > budget else '<='} the device budget of "
          f"{_size(budget)}")
   return ("stream" if need > budget else "device"), why
@@ -106,8 +106,8 @@ def make_feed(data_cfg, placement, task: data_lib.Task, eval_batch_size: int,
   if kind == "stream":
     note(f"streaming batches from host memory ({why})")
     return StreamFeed(placement, task, eval_batch_size,
-                      data_cfg.prefetch if data_cfg is not None else 2)
-  if data_cfg is not None and data_cfg.pipeline != "auto":
+                      data_cfg.prefetch)
+  if data_cfg.pipeline != "auto":
     note(f"data on the devices ({why})")
   return DeviceFeed(placement, task, eval_batch_size)
 
@@ -125,6 +125,11 @@ class DeviceFeed:
     self.placement = placement
     self.train_data, self.eval_data, self.eval_rows, self.parts = place_data(
         placement, task, eval_batch_size)
+    self.eval_batch = self.eval_rows.shape[1]
+
+  def set_augmentation_key(self, key_data: np.ndarray) -> None:
+    """The run's augmentation key (uint32 key data), read by every training step."""
+    self.train_data["aug_key"] = self.placement.replicate(key_data)
 
   def epoch(self, table: np.ndarray):
     """An epoch's (steps, batch) table of example rows, as the steps take it."""
@@ -194,7 +199,7 @@ class StreamFeed:
     self.prefetch = prefetch
     self.stats = placement.replicate({"mean": np.asarray(task.mean, np.float32),
                                       "std": np.asarray(task.std, np.float32)})
-    self.train_data = dict(self.stats)  # fit adds the augmentation key
+    self.train_data = dict(self.stats)  # and the augmentation key (set_augmentation_key)
     self.eval_data, self.eval_rows = self.stats, None
     splits, self.eval_batch, self.parts = eval_layout(placement, task, eval_batch_size)
     self.eval_splits = list(splits.values())
@@ -212,6 +217,9 @@ class StreamFeed:
   def _place(self, images: np.ndarray, labels: np.ndarray, batch: int):
     """This process's columns of one global batch as (1, batch, ...) arrays split by columns."""
     return self.placement.split({"images": images[None], "labels": labels[None]}, batch)
+
+  def set_augmentation_key(self, key_data: np.ndarray) -> None:
+    self.train_data["aug_key"] = self.placement.replicate(key_data)
 
   def epoch(self, table: np.ndarray) -> np.ndarray:
     return table  # stays on the host: batches are gathered from it step by step

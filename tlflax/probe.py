@@ -33,8 +33,7 @@ _MODES = {"fixed": "fixed", "true": "fixed", "augmented": "augmented", "off": No
 
 def mode_for(transfer_cfg, policy) -> str | None:
   """'fixed', 'augmented', or None where the phase trains through the backbone as usual."""
-  mode = check_mode(transfer_cfg.get("cache_features", "off") if transfer_cfg is not None
-                    else "off")
+  mode = check_mode(transfer_cfg.cache_features if transfer_cfg is not None else "off")
   if mode is None or policy != "backbone" or transfer_cfg.frozen_bn != "running":
     return None
   return mode

@@ -19,10 +19,10 @@ from tlflax.errors import UserError
 def _source_variables(config, init: dict, target_task, placement) -> tuple[dict, dict]:
   """The target's initial variables (the source checkpoint merged into a fresh init, on the
   devices of `placement`) and `init` completed with the checkpoint and step they came from."""
-  from tlflax import checkpoint, train, transfer
+  from tlflax import checkpoint, models, transfer
   restored, name = checkpoint.restore_variables(config.transfer.init_from or init["run"],
                                                 placement.replicated)
-  fresh = placement.replicate(train.init_variables(
+  fresh = placement.replicate(models.init_variables(
       config.model, target_task.num_classes, target_task.train.images.shape[1:], config.seed))
   merged = transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name)
   return merged, {**init, "checkpoint": name, "step": int(name.rsplit("/", 1)[1])}
@@ -95,6 +95,7 @@ def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
 def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -> dict:
   """The body of `run_phase`, in a run folder that `rundir.open_run` accepted."""
   from tlflax import checkpoint, parallel, rundir, train
+  from tlflax import spec as spec_lib
   started = time.perf_counter()  # the run's wall_s counts its data loading and source restore
   done = rundir.finished(run_dir)
   if done is not None:
@@ -121,13 +122,8 @@ def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -
   if parallel.is_main_process():
     rundir.write_json(os.path.join(run_dir, rundir.STATS_FILE), {
         "mean": task.mean.tolist(), "std": task.std.tolist(), "from": stats_from})
-  result = train.fit(phase, config.model, task, run_dir, config.seed, placement=placement,
-                     transfer_cfg=config.transfer if mode == "transfer" else None,
-                     variables=variables, checkpoint_cfg=config.checkpoint.to_dict(),
-                     log_every_steps=config.log_every_steps,
-                     eval_every_epochs=config.eval_every_epochs, label=mode,
-                     data_cfg=config.get("data"), hparams=rundir.hparams(mode, config),
-                     started=started)
+  result = train.fit(spec_lib.RunSpec.create(mode, config), task, run_dir, placement=placement,
+                     variables=variables, started=started)
   summary = {"mode": mode, "seed": config.seed, **result.summary}
   if init is not None:
     summary["init"] = init

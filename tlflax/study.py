@@ -60,8 +60,8 @@ def experiments(config) -> list[Experiment]:
 def check_arm_rules(config, arms: bool = True) -> None:
   """The transfer rules of every arm (`arms=False`: of `config.transfer` alone) against the
   model's parameter paths, before anything trains."""
-  from tlflax import models, train, transfer
-  shapes = train.variable_shapes(config.model, 2, (config.target.image_size,) * 2 + (3,))
+  from tlflax import models, transfer
+  shapes = models.variable_shapes(config.model, 2, (config.target.image_size,) * 2 + (3,))
   blocks = ({f"config.arms.{arm}": config_lib.with_arm(config, arm).transfer
              for arm in config_lib.arm_names(config)} if arms else {None: config.transfer})
   for where, block in blocks.items():
