@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tlflax import report
+from tlflax import plots, report
 
 
 def _run(run_dir, seed, accuracies, events=(), mode="scratch", study=None, val=None,
@@ -294,14 +294,14 @@ def test_loss_plot_is_on_a_log_axis_with_bands_inside_the_seeds_range(tmp_path, 
   mean, std = e["curves"]["test_loss"]["mean"][0], e["curves"]["test_loss"]["std"][0]
   assert mean - std < 0  # what the old band drew
   axes = {}
-  real = report._save
+  real = plots._save
 
   def keep(plt, fig, ax, xlabel, ylabel, path):
     axes[os.path.basename(path)] = (ax.get_yscale(), [c.get_paths()[0].vertices[:, 1]
                                                       for c in ax.collections], ylabel)
     real(plt, fig, ax, xlabel, ylabel, path)
 
-  monkeypatch.setattr(report, "_save", keep)
+  monkeypatch.setattr(plots, "_save", keep)
   report.write_report(str(tmp_path))
   scale, bands, label = axes["loss.png"]
   assert scale == "log" and label == "test loss (log scale)"

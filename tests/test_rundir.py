@@ -40,21 +40,21 @@ def test_a_changed_config_is_refused_once_something_was_trained(tmp_path):
 
 def test_a_transfer_run_depends_on_its_source_config(tmp_path):
   workdir = str(tmp_path)
-  first = rundir.source_identity(_config(epochs=1), workdir)
-  assert first["run"] == os.path.join(workdir, "pretrain")
-  assert first == rundir.source_identity(_config(epochs=1), workdir)  # a stable hash
-  second = rundir.source_identity(_config(epochs=3, learning_rate=0.2), workdir)
-  assert second["config_sha256"] != first["config_sha256"]
+  first = rundir.resolve_source(_config(epochs=1), workdir)
+  assert first.run == os.path.join(workdir, "pretrain") and first.pretrain.seed == 0
+  assert first == rundir.resolve_source(_config(epochs=1), workdir)  # a stable hash
+  second = rundir.resolve_source(_config(epochs=3, learning_rate=0.2), workdir)
+  assert second.config_sha256 != first.config_sha256
   run_dir = os.path.join(workdir, "transfer")
-  rundir.open_run(run_dir, "transfer", _config(epochs=1), first)
+  rundir.open_run(run_dir, "transfer", _config(epochs=1), first.record())
   _trained(run_dir)
   with pytest.raises(UserError, match="init.config_sha256.*the run it starts from has another"):
-    rundir.open_run(run_dir, "transfer", _config(epochs=3, learning_rate=0.2), second)
+    rundir.open_run(run_dir, "transfer", _config(epochs=3, learning_rate=0.2), second.record())
   # The hash is the one of the pretraining's own config.json.
   pre = os.path.join(workdir, "pretrain")
   rundir.open_run(pre, "pretrain", _config(epochs=1))
   record = rundir.read_json(os.path.join(pre, "config.json"))
-  assert rundir.config_hash(record, "pretrain") == first["config_sha256"]
+  assert rundir.config_hash(record, "pretrain") == first.config_sha256
 
 
 def test_init_from_an_unfinished_run_needs_an_explicit_step(tmp_path):
@@ -65,15 +65,15 @@ def test_init_from_an_unfinished_run_needs_an_explicit_step(tmp_path):
   config = _config(epochs=1)
   config.transfer.init_from = str(source)
   with pytest.raises(UserError, match=rf"has not finished.*init_from={source}/checkpoints/16"):
-    rundir.source_identity(config, str(tmp_path))
+    rundir.resolve_source(config, str(tmp_path))
   config.transfer.init_from = str(source / "checkpoints" / "8")
-  named = rundir.source_identity(config, str(tmp_path))
-  assert named["run"] == str(source)
-  assert named["config_sha256"] == rundir.config_hash(
+  named = rundir.resolve_source(config, str(tmp_path))
+  assert named.run == str(source) and named.pretrain is None
+  assert named.config_sha256 == rundir.config_hash(
       rundir.read_json(str(source / "config.json")), "pretrain")
   (source / "summary.json").write_text(json.dumps({"final": {}}))
   config.transfer.init_from = str(source)
-  assert rundir.source_identity(config, str(tmp_path)) == named
+  assert rundir.resolve_source(config, str(tmp_path)) == named
 
 
 def test_a_failed_start_leaves_no_folder_but_a_trained_one_is_kept(tmp_path):

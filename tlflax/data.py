@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tlflax import config as config_lib
 from tlflax import sources
 from tlflax.errors import require, within
 
@@ -192,13 +191,12 @@ def load_task(ds_cfg, data_dir: str | None, seed: int, data_cfg=None,
   """Loads and adapts the train, test and (if named) validation splits a phase config names
   (`source` or `target`: `where`, which errors about a split name the key of, e.g.
   'config.target.val_split'). `examples_per_class` subsets the training split only. `data_cfg`
-  (config.data; None: its defaults) sets the host budget above which a decoded split is
-  memory-mapped."""
+  (config.data) sets the host budget above which a decoded split is memory-mapped."""
   name = ds_cfg.dataset
   keys = ["train_split", "test_split"] + (["val_split"] if ds_cfg.val_split else [])
-  data_cfg = data_cfg or config_lib.data_config()
-  host = {"image_size": ds_cfg.image_size, "resize": ds_cfg.resize,
-          "host_budget_gb": data_cfg.host_budget_gb, "spill_dir": data_cfg.spill_dir}
+  host = {"image_size": ds_cfg.image_size, "resize": ds_cfg.resize}
+  if data_cfg is not None:  # else the sources' own: half the available memory, the temp folder
+    host.update(host_budget_gb=data_cfg.host_budget_gb, spill_dir=data_cfg.spill_dir)
 
   def load(split: str):
     if name in SYNTHETIC:

@@ -1,4 +1,4 @@
-"""The study's report, from the metrics on disk: its claims checked, curves, label budgets, time.
+"""The study's report, from the metrics on disk: its claims checked, its experiments summed up.
 
 Reads every run folder of a workdir: `DIR/<experiment>/seed_N/` (as `--mode=compare` writes
 them) and `DIR/scratch/`, `DIR/transfer/` (single-mode runs), each seed of an experiment counted
@@ -7,10 +7,7 @@ once, and writes `DIR/report/`:
                 experiment, and every unfinished run folder with how far it got
   summary.json  every experiment: budget, seeds, per-epoch mean, std, min and max over seeds,
                 best and final figures; the unfinished runs
-  loss.png, accuracy.png   test curves (mean over seeds, min-max band) at the largest label
-                budget; the loss on a log axis
-  time.png      test accuracy against wall-clock seconds, transfer shifted by the pretraining
-  labels.png    test accuracy against labelled examples per class (with two budgets or more)
+  loss.png, accuracy.png, time.png, labels.png   the figures (`plots.py`)
 Only finished runs (with summary.json) count, unless `include_unfinished`; an experiment with no
 finished run is listed as not finished, not drawn. "Best" is the epoch of best validation
 accuracy where the runs have a validation split, else of best test accuracy, which the report
@@ -20,19 +17,15 @@ then says. Nothing is trained here: redraw it at any time.
 import dataclasses
 import glob
 import json
-import math
 import os
 
 import numpy as np
 
-from tlflax import claims, rundir
+from tlflax import claims, plots, rundir
 from tlflax.errors import UserError
 from tlflax.monitor import best_record, read_events, read_metrics
 from tlflax.rundir import read_json
 
-_SCRATCH_COLOUR, _STUDY_COLOUR = "tab:red", "tab:blue"
-_PALETTE = ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
-            "tab:cyan", "tab:gray")
 CURVE_KEYS = ("test_loss", "test_accuracy", "train_loss", "val_loss", "val_accuracy", "wall_s")
 
 
@@ -77,8 +70,8 @@ def _folders(workdir: str) -> list[_Folder]:
           finished or read_metrics(run_dir)):
         continue
       budget = int((config.get("target") or {}).get("examples_per_class") or 0)
-      name = (config.get("study") or {}).get("experiment") or (
-          os.path.basename(base) + (f"_{budget}shot" if budget else ""))  # as a study names it
+      name = (config.get("study") or {}).get("experiment") or rundir.experiment_name(
+          config["mode"], None, budget)  # a single-mode run: DIR/scratch or DIR/transfer
       found.append(_Folder(name, run_dir, run_dir != base, config, budget, finished))
   return found
 
@@ -98,7 +91,7 @@ def _groups(folders: list[_Folder]) -> dict[str, _Group]:
     g.runs.append(f.run_dir)
     g.seeds.append(f.config.get("seed"))
   return dict(sorted(groups.items(), key=lambda kv: (
-      _budget_rank(kv[1].budget), kv[1].mode != "scratch", kv[1].arm_order, kv[0])))
+      plots.budget_rank(kv[1].budget), kv[1].mode != "scratch", kv[1].arm_order, kv[0])))
 
 
 def _planned_epochs(config: dict, records: list[dict]) -> int | None:
@@ -128,16 +121,6 @@ def _unfinished(workdir: str, f: _Folder) -> dict:
   return {"run": os.path.relpath(f.run_dir, workdir), "experiment": f.name,
           "seed": f.config.get("seed"), "epoch": records[-1]["epoch"] if records else 0,
           "epochs": _planned_epochs(f.config, records), "state": state}
-
-
-def _budget_rank(budget: int) -> float:
-  return -math.inf if budget == 0 else -budget  # all labels first, then larger budgets first
-
-
-def _main_budget(experiments: dict) -> list[dict]:
-  """The experiments at the largest label budget (all labels, if any ran on all)."""
-  budget = min((e["budget"] for e in experiments.values()), key=_budget_rank)
-  return [e for e in experiments.values() if e["budget"] == budget]
 
 
 def find_runs(workdir: str, experiment: str) -> list[str]:
@@ -213,7 +196,7 @@ def _study_pair(experiments: dict) -> tuple[dict | None, dict | None]:
   ('full', or a single --mode=transfer run, else the first arm)."""
   if not experiments:
     return None, None
-  at = _main_budget(experiments)
+  at = plots.main_budget(experiments)
   scratch = next((e for e in at if e["mode"] == "scratch"), None)
   transfers = [e for e in at if e["mode"] == "transfer"]
   transfer = next((e for e in transfers if e["arm"] == "full"), None) or next(
@@ -243,136 +226,6 @@ def summarize(workdir: str, include_unfinished: bool = False) -> dict:
     out["pretrain"] = {"dataset": pretrain.get("dataset"), "wall_s": pretrain.get("wall_s"),
                        "final_test_accuracy": (pretrain.get("final") or {}).get("test_accuracy")}
   return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Figures
-# ------------------------------------------------------------------------------------------------
-
-
-def _colours(experiments: dict) -> dict[str, str]:
-  """Scratch red, the study's transfer arm blue, every other arm a colour of its own (the same
-  one at every budget)."""
-  out, arms = {}, []
-  for e in experiments.values():
-    key = e["arm"] if e["mode"] == "transfer" else None
-    if e["mode"] == "scratch":
-      out[e["name"]] = _SCRATCH_COLOUR
-    elif key in ("full", None):
-      out[e["name"]] = _STUDY_COLOUR
-    else:
-      if key not in arms:
-        arms.append(key)
-      out[e["name"]] = _PALETTE[arms.index(key) % len(_PALETTE)]
-  return out
-
-
-def _label(name: str, seeds: list) -> str:
-  return f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
-
-
-def _figure():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt, plt.subplots(figsize=(6.4, 4.2), dpi=120)
-
-
-def _save(plt, fig, ax, xlabel: str, ylabel: str, path: str) -> None:
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
-def _band(ax, x, curve: dict, colour: str) -> None:
-  """The min-max range over seeds: inside what the seeds reached, never an impossible value."""
-  if curve.get("std") is not None:  # two seeds or more
-    ax.fill_between(x, curve["min"], curve["max"], color=colour, alpha=0.2, linewidth=0)
-
-
-def _plot_curves(summary: dict, key: str, ylabel: str, path: str, log: bool = False) -> None:
-  """Mean over seeds with the min-max band, per epoch, at the largest budget; `log`: a log y
-  axis, so a few early spikes (BatchNorm statistics of a barely trained net) do not flatten the
-  rest."""
-  import matplotlib.ticker
-  plt, (fig, ax) = _figure()
-  colours = _colours(summary["experiments"])
-  for e in _main_budget(summary["experiments"]):
-    curve = e["curves"][key]
-    ax.plot(e["epochs"], curve["mean"], color=colours[e["name"]],
-            label=_label(e["name"], e["seeds"]))
-    _band(ax, e["epochs"], curve, colours[e["name"]])
-  if log:
-    ax.set_yscale("log")
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-  ax.set_title("mean over seeds, band: min-max over seeds", fontsize="medium")
-  _save(plt, fig, ax, "epoch", ylabel + (" (log scale)" if log else ""), path)
-
-
-def _plot_time(summary: dict, path: str) -> None:
-  """Test accuracy against wall-clock seconds; transfer curves start after the pretraining."""
-  plt, (fig, ax) = _figure()
-  colours = _colours(summary["experiments"])
-  shift = (summary.get("pretrain") or {}).get("wall_s") or 0.0
-  for e in _main_budget(summary["experiments"]):
-    if "wall_s" not in e["curves"]:
-      continue
-    offset = shift if e["mode"] == "transfer" else 0.0
-    label = _label(e["name"], e["seeds"]) + (f", + {offset:.0f} s pretraining" if offset else "")
-    x = np.array(e["curves"]["wall_s"]["mean"]) + offset
-    ax.plot(x, e["curves"]["test_accuracy"]["mean"], color=colours[e["name"]], label=label,
-            marker=".")
-    _band(ax, x, e["curves"]["test_accuracy"], colours[e["name"]])
-  ax.set_title("mean over seeds, band: min-max over seeds", fontsize="medium")
-  _save(plt, fig, ax, "wall-clock seconds (transfer: after its pretraining)",
-        "test accuracy", path)
-
-
-def _families(experiments: dict) -> dict[str, list[dict]]:
-  """Experiments by line of labels.png: scratch, and each transfer arm, over its budgets."""
-  out: dict[str, list[dict]] = {}
-  for e in experiments.values():
-    key = "scratch" if e["mode"] == "scratch" else f"transfer_{e['arm']}" if e["arm"] \
-        else "transfer"
-    if e["examples_per_class"]:
-      out.setdefault(key, []).append(e)
-  return out
-
-
-def _plot_labels(summary: dict, path: str) -> None:
-  """Test accuracy (at the best epoch as selected) against labelled examples per class."""
-  plt, (fig, ax) = _figure()
-  colours = _colours(summary["experiments"])
-  ticks = set()
-  for name, line in _families(summary["experiments"]).items():
-    line = sorted(line, key=lambda e: e["examples_per_class"])
-    x = np.array([e["examples_per_class"] for e in line])
-    stats = [e["best"]["test_accuracy"] for e in line]
-    colour = colours[line[0]["name"]]
-    ax.plot(x, [s["mean"] for s in stats], color=colour, marker="o",
-            label=_label(name, line[0]["seeds"]))
-    if any(s["std"] is not None for s in stats):
-      ax.fill_between(x, [s["min"] for s in stats], [s["max"] for s in stats], color=colour,
-                      alpha=0.2, linewidth=0)
-    ticks.update(x.tolist())
-  ax.set_xscale("log")
-  ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
-  ax.minorticks_off()
-  ax.set_title(f"at each seed's best epoch, {_selection_words(summary)}; band: min-max",
-               fontsize="medium")
-  _save(plt, fig, ax, "labelled training examples per class (log scale)", "test accuracy", path)
-
-
-def _selection_words(summary: dict) -> str:
-  kinds = {e["selected_on"] for e in summary["experiments"].values()}
-  if kinds == {"val"}:
-    return "chosen on validation"
-  return "chosen on test" if kinds == {"test"} else "chosen on validation or test"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,16 +363,7 @@ def write_report(workdir: str, summary: dict | None = None,
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   summary["arms"] = _arms(workdir, summary)
-  figures = ["loss.png", "accuracy.png", "time.png"]
-  _plot_curves(summary, "test_loss", "test loss", os.path.join(out, "loss.png"), log=True)
-  _plot_curves(summary, "test_accuracy", "test accuracy", os.path.join(out, "accuracy.png"))
-  _plot_time(summary, os.path.join(out, "time.png"))
-  if len({e["budget"] for e in summary["experiments"].values()}) > 1:
-    _plot_labels(summary, os.path.join(out, "labels.png"))
-    figures.append("labels.png")
-  elif os.path.exists(os.path.join(out, "labels.png")):
-    os.remove(os.path.join(out, "labels.png"))  # from an earlier report with several budgets
-  summary["figures"] = figures
+  summary["figures"] = plots.draw(summary, out)
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   with open(os.path.join(out, "report.md"), "w") as f:

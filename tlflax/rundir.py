@@ -12,10 +12,12 @@ Rules:
 - A folder that a failed start created and left without anything trained in it is removed.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
+from typing import Any
 
 from tlflax import checkpoint, parallel
 from tlflax.errors import UserError
@@ -195,18 +197,35 @@ def discard_untrained(created: list[str]) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def source_identity(config, workdir: str) -> dict:
-  """Where a transfer run starts from, before any of it is trained: the source run folder and the
-  hash of the config that decides its weights.
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where a transfer run starts, known before any of it trains: the source run folder and the
+  hash of the config that decides its weights (None for a checkpoint from elsewhere). For
+  `DIR/pretrain`, which tlflax trains (or reuses) itself, `pretrain` is the config it trains with
+  (today's `seed`, `model` and `source` block); None for a source named by `init_from`."""
+
+  run: str
+  config_sha256: str | None
+  pretrain: Any = dataclasses.field(default=None, compare=False)
+
+  def record(self) -> dict:
+    """What a transfer run's config.json says of its source (`init`) before it trains; the
+    checkpoint and step it then starts from are added (`record_init`)."""
+    return {"run": self.run, "config_sha256": self.config_sha256}
+
+
+def resolve_source(config, workdir: str) -> Source:
+  """The `Source` of a transfer run of `config` in `workdir`.
 
   With `transfer.init_from` empty the source is `DIR/pretrain`, trained (or reused) with today's
   `source` block, so the hash comes from today's config. Otherwise it is read from the source
-  run's config.json (None for a checkpoint from elsewhere); a run folder named there must be
-  finished, a mid-training checkpoint must be named by its step folder.
+  run's config.json; a run folder named there must be finished, a mid-training checkpoint must
+  be named by its step folder.
   """
   if not config.transfer.init_from:
     run = os.path.abspath(os.path.join(workdir, "pretrain"))
-    return {"run": run, "config_sha256": config_hash(record_of("pretrain", config), "pretrain")}
+    pretrain = config.copy_and_resolve_references()
+    return Source(run, config_hash(record_of("pretrain", pretrain), "pretrain"), pretrain)
   path = os.path.abspath(os.path.expanduser(config.transfer.init_from))
   directory, step = checkpoint.locate(path)
   run = os.path.dirname(directory) if os.path.basename(directory) == "checkpoints" else directory
@@ -219,4 +238,12 @@ def source_identity(config, workdir: str) -> dict:
   digest = None
   if record is not None and record.get("mode") in RELEVANT:
     digest = config_hash(record, record["mode"])
-  return {"run": run, "config_sha256": digest}
+  return Source(run, digest)
+
+
+def experiment_name(mode: str, arm: str | None, budget: int) -> str:
+  """An experiment's name, which is its folder in a workdir: scratch, transfer (a single
+  --mode=transfer run) or transfer_<arm> (a study's arm), with _<B>shot at a label budget of B
+  examples per class."""
+  base = "scratch" if mode == "scratch" else f"transfer_{arm}" if arm else "transfer"
+  return base + (f"_{budget}shot" if budget else "")

@@ -52,49 +52,66 @@ def _load_task(phase, config, where: str):
   return task if task is not None else load()
 
 
-def ensure_pretrained(config, workdir: str, placement=None) -> str:
-  """DIR/pretrain, after pretraining there if no finished pretraining exists. A finished one is
-  reused only if its config agrees with today's `seed`, `model` and `source`; else `run_phase`
-  refuses it."""
+def prepare_source(source, workdir: str, placement=None) -> None:
+  """Makes a transfer run's source ready: `DIR/pretrain` is trained with `source.pretrain` when no
+  finished pretraining exists there, and a finished one of another config is refused. Nothing to
+  do for a source named by `init_from`."""
   from tlflax import rundir
-  run_dir = os.path.join(workdir, "pretrain")
-  if rundir.finished(run_dir) is None:
-    logging.info("no finished pretraining in %s: pretraining on %s first", run_dir,
-                 config.source.dataset)
-  run_phase("pretrain", config, workdir, placement=placement)
-  return run_dir
+  if source.pretrain is None:
+    return
+  if rundir.finished(source.run) is not None:  # reused only if it is today's pretraining
+    rundir.refuse_if_changed(source.run, "pretrain", rundir.record_of("pretrain", source.pretrain))
+    return
+  logging.info("no finished pretraining in %s: pretraining on %s first", source.run,
+               source.pretrain.source.dataset)
+  run_phase("pretrain", source.pretrain, workdir, source.run, placement=placement)
 
 
-def run_phase(mode: str, config, workdir: str, run_dir: str | None = None,
-              source: dict | None = None, placement=None, study: dict | None = None) -> dict:
+def run_phase(mode: str, config, workdir: str, run_dir: str | None = None, source=None,
+              placement=None, study: dict | None = None) -> dict:
   """Runs (or resumes, or reuses) one training run and returns its summary.
 
-  `source` (transfer only): the `rundir.source_identity` to start from, already trained (the
-  study passes it for every run); by default it is derived from the config and `DIR/pretrain` is
-  trained first if needed. `study`: where the run sits in a study (experiment, arm, budget),
-  recorded in its config.json for the report. A start that fails before anything is trained
-  leaves no folder.
+  `source` (transfer only): the run's `rundir.Source`, which a caller running many transfer
+  runs (the study) resolves once; by default it is resolved here, before the run folder opens.
+  `study`: where the run sits in a study (experiment, arm, budget), recorded in its config.json
+  for the report. A start that fails before anything is trained leaves no folder.
   """
   from tlflax import parallel, rundir
   placement = placement or parallel.Placement.create(config.parallel)
   run_dir = run_dir or os.path.join(workdir, mode)
-  init = None
   if mode == "transfer":
-    init = source or rundir.source_identity(config, workdir)
-    if source is None and not config.transfer.init_from:  # a stale pretraining: refuse now
-      rundir.refuse_if_changed(os.path.join(workdir, "pretrain"), "pretrain",
-                               rundir.record_of("pretrain", config))
-  created = rundir.open_run(run_dir, mode, config, init, study)
+    source = source or rundir.resolve_source(config, workdir)
+    if source.pretrain is not None:  # a stale pretraining: refuse before anything opens
+      rundir.refuse_if_changed(source.run, "pretrain",
+                               rundir.record_of("pretrain", source.pretrain))
+  created = rundir.open_run(run_dir, mode, config, source.record() if source else None, study)
   try:
-    return _train_in(run_dir, mode, config, workdir, init, source is None, placement)
+    return _train_in(run_dir, mode, config, workdir, source, placement)
   except BaseException:
     rundir.discard_untrained(created)
     raise
 
 
-def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -> dict:
+def _from_source(run_dir, config, workdir, source, task, placement) -> tuple:
+  """(variables, init, seconds spent pretraining) of a transfer run. One that already trained
+  resumes from its own checkpoints (variables None), its `init` as its config.json recorded it.
+  Otherwise its source is made ready (`prepare_source`) and merged into a fresh init; `init`
+  gains the checkpoint and step it came from."""
+  from tlflax import checkpoint, rundir
+  if checkpoint.steps_in(os.path.join(run_dir, "checkpoints")):
+    recorded = (rundir.read_json(os.path.join(run_dir, "config.json")) or {}).get("init")
+    return None, recorded or source.record(), 0.0
+  t0 = time.perf_counter()
+  prepare_source(source, workdir, placement)
+  pretrain_s = time.perf_counter() - t0
+  variables, init = _source_variables(config, source.record(), task, placement)
+  rundir.record_init(run_dir, init)
+  return variables, init, pretrain_s
+
+
+def _train_in(run_dir, mode, config, workdir, source, placement) -> dict:
   """The body of `run_phase`, in a run folder that `rundir.open_run` accepted."""
-  from tlflax import checkpoint, parallel, rundir, train
+  from tlflax import parallel, rundir, train
   from tlflax import spec as spec_lib
   started = time.perf_counter()  # the run's wall_s counts its data loading and source restore
   done = rundir.finished(run_dir)
@@ -102,28 +119,21 @@ def _train_in(run_dir, mode, config, workdir, init, pretrain_first, placement) -
     logging.info("[%s] %s is complete (test_accuracy %.4f): reusing it; move it away to retrain",
                  mode, run_dir, done["final"]["test_accuracy"])
     return done
-  where = "source" if mode == "pretrain" else "target"
-  phase = config[where]
-  task = _load_task(phase, config, where)
-  variables, stats_from = None, f"{task.name} training split"
+  spec = spec_lib.RunSpec.create(mode, config)
+  where = spec_lib.PHASES[mode]
+  task = _load_task(spec.phase, config, where)
+  variables, init, stats_from = None, None, f"{task.name} training split"
   if mode == "transfer":
-    if checkpoint.steps_in(os.path.join(run_dir, "checkpoints")):
-      init = (rundir.read_json(os.path.join(run_dir, "config.json")) or {}).get("init", init)
-    else:
-      if pretrain_first and not config.transfer.init_from:
-        t_pretrain = time.perf_counter()
-        ensure_pretrained(config, workdir, placement)
-        started += time.perf_counter() - t_pretrain  # the pretraining's time is its own
-      variables, init = _source_variables(config, init, task, placement)
-      rundir.record_init(run_dir, init)
+    variables, init, pretrain_s = _from_source(run_dir, config, workdir, source, task, placement)
+    started += pretrain_s  # the pretraining's time is its own
     if config.transfer.normalize == "source":
       mean, std = source_stats(init["run"])
       task, stats_from = dataclasses.replace(task, mean=mean, std=std), init["run"]
   if parallel.is_main_process():
     rundir.write_json(os.path.join(run_dir, rundir.STATS_FILE), {
         "mean": task.mean.tolist(), "std": task.std.tolist(), "from": stats_from})
-  result = train.fit(spec_lib.RunSpec.create(mode, config), task, run_dir, placement=placement,
-                     variables=variables, started=started)
+  result = train.fit(spec, task, run_dir, placement=placement, variables=variables,
+                     started=started)
   summary = {"mode": mode, "seed": config.seed, **result.summary}
   if init is not None:
     summary["init"] = init

@@ -16,7 +16,7 @@ import os
 from absl import logging
 
 from tlflax import config as config_lib
-from tlflax import runner
+from tlflax import rundir, runner
 from tlflax.errors import within
 
 
@@ -30,8 +30,7 @@ class Experiment:
 
   @property
   def name(self) -> str:
-    base = "scratch" if self.mode == "scratch" else f"transfer_{self.arm}"
-    return base + (f"_{self.budget}shot" if self.budget else "")
+    return rundir.experiment_name(self.mode, self.arm, self.budget)
 
   def config(self, config, seed: int):
     """The config of this experiment's run for `seed`."""
@@ -70,14 +69,13 @@ def check_arm_rules(config, arms: bool = True) -> None:
 
 
 def run_compare(config, workdir: str, placement=None) -> str:
-  """The whole study on `workdir`, then its report; returns the report folder."""
-  from tlflax import rundir
+  """The whole study on `workdir`, then its report; returns the report folder. The transfer
+  source is resolved once and made ready first (the pretraining, before any target run)."""
   todo = experiments(config)
   logging.info("study: %d experiment(s) x %d seed(s): %s", len(todo), len(config.seeds),
                ", ".join(e.name for e in todo))
-  source = rundir.source_identity(config, workdir)
-  if not config.transfer.init_from:
-    runner.ensure_pretrained(config, workdir, placement)
+  source = rundir.resolve_source(config, workdir)
+  runner.prepare_source(source, workdir, placement)
   for seed in config.seeds:
     for exp in todo:
       runner.run_phase(exp.mode, exp.config(config, seed), workdir, exp.run_dir(workdir, seed),
