@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU figures for BENCHMARKS.md. Two ways:
+# GPU figures for docs/benchmarks.md. Two ways:
 #
 #   benchmarks/gpu.sh --here OUT_DIR [--rehearse] [--budget_s=S]
 #     With the current interpreter as it is ($PYTHON, default python3): no venv, no install,

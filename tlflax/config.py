@@ -54,8 +54,10 @@ PHASE = {
                 "sub-folder a class)")),
     "train_split": ("train", "split trained on: a split string, e.g. 'train' or 'train[:90%]'"),
     "test_split": ("test", "split the test figures come from"),
-    "val_split": ("", ("held-out split that selects the best epoch, e.g. 'train[90%:]' ('': none; "
-                  "then every best is selected on test, and the report says so)")),
+    "val_split": ("", ("held-out split that selects the best epoch, e.g. 'train[90%:]' with "
+                  "train_split='train[:90%]': evaluated every epoch beside the test split, it "
+                  "chooses the best checkpoint and the report's best ('': none; then every best is "
+                  "selected on test, and the report says so)")),
     "examples_per_class": (0, ("a balanced, seeded subset of N training examples per class (0: "
                            "all)")),
     "image_size": (32, "side in pixels that every image is resized to"),
@@ -65,8 +67,10 @@ PHASE = {
     "epochs": (None, "epochs to train"),
     "min_steps": (0, ("train at least this many steps: ceil(min_steps / steps_per_epoch) epochs "
                   "for small training sets")),
-    "batch_size": (128, "global training batch, split over every device"),
-    "eval_batch_size": (1000, "global evaluation batch"),
+    "batch_size": (128, ("global training batch, split over every device (it must divide by "
+                   "their number)")),
+    "eval_batch_size": (1000, ("global evaluation batch (rounded up to a multiple of the devices; "
+                        "the last batch is padded and masked)")),
     "learning_rate": (0.1, "peak learning rate of the warm-up + cosine schedule"),
     "weight_decay": (5e-4, "L2 weight decay added to the gradient (as PyTorch's SGD)"),
     "momentum": (0.9, "SGD momentum (0: plain SGD)"),
@@ -78,22 +82,26 @@ PHASE = {
     "flip": (True, "random horizontal flips"),
 }
 TRANSFER = {
-    "init_from": ("", ("run folder or checkpoint to start from ('': DIR/pretrain, pretrained "
-                  "first if needed)")),
+    "init_from": ("", ("where to start from: a run folder (its latest checkpoint; it must have "
+                  "finished), a checkpoints/ folder, or one checkpoints/<step>/ folder ('': "
+                  "DIR/pretrain, pretrained first if needed)")),
     "reinit": (("^head/",), "regexes of parameters re-initialised instead of loaded (the head)"),
     "freeze": ("none", ("'none', 'backbone', 'stages:N', or a tuple of regexes of frozen "
                "parameters")),
-    "frozen_bn": ("running", ("frozen BatchNorms use 'running' averages, or 'adapt' to batch "
-                  "statistics")),
+    "frozen_bn": ("running", ("frozen BatchNorms normalise with their running averages and keep "
+                  "them ('running'), or use and update batch statistics ('adapt')")),
     "lr_mult": ((), ("((regex, factor), ...): the first match scales a parameter's learning "
                 "rate")),
-    "layer_decay": (1.0, "stage k below the head trains at lr * layer_decay**k"),
-    "unfreeze": ((), "((epoch, policy), ...): gradual unfreezing, e.g. ((2, 'stages:3'),)"),
+    "layer_decay": (1.0, ("stage k below the head trains at lr * layer_decay**k (head k=0, stem "
+                    "k=N+1)")),
+    "unfreeze": ((), ("((epoch, policy), ...): gradual unfreezing, e.g. ((2, 'stages:3'),); freeze "
+                 "holds until the first entry")),
     "cache_features": ("fixed", ("freeze='backbone' (frozen_bn='running'): the head trains on "
                        "features computed once ('fixed', or True), per epoch from augmented "
                        "images ('augmented'), or not cached ('off', or False)")),
-    "normalize": ("source", ("input statistics of a transfer run: the 'source' run's mean/std or "
-                  "the 'target' training split's")),
+    "normalize": ("source", ("input statistics of a transfer run: the 'source' run's mean/std "
+                  "(read from its data_stats.json: what the network was trained to see) or the "
+                  "'target' training split's")),
 }
 CHECKPOINT = {
     "keep": (2, "latest checkpoints kept"),

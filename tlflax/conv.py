@@ -2,7 +2,7 @@
 
 On the CPU, XLA computes the weight gradient (dW) of a convolution with a generic kernel that
 runs at a few GFLOP/s: for a 3x3 convolution on 32x32x64 activations it takes 20 times as long as
-the forward pass, and dominates a ResNet train step (see BENCHMARKS.md). The same dW is a sum
+the forward pass, and dominates a ResNet train step (see docs/benchmarks.md). The same dW is a sum
 over kernel offsets of matrix products: for offset (i, j), the input strided-sliced at that
 offset, as an (N*H*W, C) matrix, transposed times the output gradient as an (N*H*W, O) matrix.
 Those products run on the backend's GEMM, at the speed of the forward pass.

@@ -1,6 +1,6 @@
 """Devices, processes and placement: the mesh, where arrays live, and how per-shard steps run.
 
-One data-parallel axis, `data`, spans every device of every process. The steps in `train.py` are
+One data-parallel axis, `data`, spans every device of every process. The steps in `steps.py` are
 written for one shard with an `axis_name`; `Placement.spmd` runs them over the mesh under
 `jax.jit(jax.shard_map(...))` (the default) or `jax.jit(jax.pmap(...))`. Their inputs come in two
 kinds:
