@@ -45,6 +45,18 @@ def _gap_text(who: str, epochs: list[int], upto: int) -> str:
           "eval_every_epochs), so its extremes may lie between evaluations")
 
 
+def _transfer_window_unseen(number: int, et: list[int], seen: str) -> dict | None:
+  """'Cannot be judged' (`seen`: what transfer showed) when transfer's first 25 epochs were not
+  all run and evaluated, so its best there may be better than seen; None when they were."""
+  if et[-1] < WITHIN_EPOCHS:
+    return _verdict(number, UNKNOWN, None, f"{seen}, and it ran only {et[-1]} of "
+                    f"{WITHIN_EPOCHS} epochs")
+  if _unseen(et, WITHIN_EPOCHS):
+    return _verdict(number, UNKNOWN, None, f"{seen}, but " + _gap_text("transfer", et,
+                                                                       WITHIN_EPOCHS))
+  return None
+
+
 def _rests_on(*experiments: dict) -> str:
   """'scratch: seeds 0, 1, epochs 1-100; transfer_full: ...'"""
   return "; ".join(f"{e['name']}: seed{'s' * (len(e['seeds']) > 1)} "
@@ -92,12 +104,9 @@ def _claim_loss(es, loss_s, et, loss_t) -> dict:
     return _verdict(1, HOLDS, e, got)
   best = int(np.argmin(loss_t))
   seen = f"transfer's lowest is {loss_t[best]:.4f} at epoch {et[best]}"
-  if et[-1] < WITHIN_EPOCHS:
-    return _verdict(1, UNKNOWN, None, f"{seen}, not below {floor}, and it ran only {et[-1]} of "
-                    f"{WITHIN_EPOCHS} epochs")
-  if _unseen(et, WITHIN_EPOCHS):
-    return _verdict(1, UNKNOWN, None, f"{seen}, not below {floor}, but "
-                    + _gap_text("transfer", et, WITHIN_EPOCHS))
+  short = _transfer_window_unseen(1, et, f"{seen}, not below {floor}")
+  if short:
+    return short
   if below:
     return _verdict(1, FAILS, below[0][0], f"transfer gets below {floor} only at epoch "
                     f"{below[0][0]}, after {WITHIN_EPOCHS}")
@@ -127,13 +136,8 @@ def _claim_accuracy(es, acc_s, et, acc_t) -> dict:
     return _verdict(2, HOLDS, e, got)
   j = max((k for k, e in enumerate(et) if e <= WITHIN_EPOCHS), key=lambda k: acc_t[k])
   seen = f"transfer's best in its first {WITHIN_EPOCHS} epochs is {acc_t[j]:.4f} (epoch {et[j]})"
-  if et[-1] < WITHIN_EPOCHS:
-    return _verdict(2, UNKNOWN, None, f"{seen}, not above {bar}, and it ran only {et[-1]} of "
-                    f"{WITHIN_EPOCHS} epochs")
-  if _unseen(et, WITHIN_EPOCHS):
-    return _verdict(2, UNKNOWN, None, f"{seen}, not above {bar}, but "
-                    + _gap_text("transfer", et, WITHIN_EPOCHS))
-  return _verdict(2, FAILS, None, f"{seen}, not above {bar}")
+  return _transfer_window_unseen(2, et, f"{seen}, not above {bar}") or _verdict(
+      2, FAILS, None, f"{seen}, not above {bar}")
 
 
 def _claim_overfit(es, loss_s, train_s) -> dict:
