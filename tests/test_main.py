@@ -84,7 +84,9 @@ def _png_size(path):
     (["--config=smoke:bogus"], "get_config() takes 0 positional arguments but 1 was given"),
     (["--config.data.pipeline=disk"], "config.data.pipeline must be one of auto, device, stream"),
     (["--config.target.resize=pad"], "config.target.resize must be one of squash, center_crop"),
-    (["--config.target.dataset=folder:/nonexistent"], "dataset folder /nonexistent does not exist"),
+    # The dataset's own error, not one about the split being read when it was found missing.
+    (["--config.target.dataset=folder:/nonexistent"],
+     "tlflax: error: dataset folder /nonexistent does not exist"),
     (["--config=configs/missing.py"], "cannot load config file configs/missing.py"),
     (["--config.target.batch_size=100000"], "batch_size 100000 exceeds"),
     (["--config.target.epochs=0"], "config.target.epochs must be positive"),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tlflax import sources
-from tlflax.errors import require, within
+from tlflax.errors import SplitError, require, within
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +209,7 @@ def load_task(ds_cfg, data_dir: str | None, seed: int, data_cfg=None,
 
   loaded = []
   for key in keys:
-    with within(f"config.{where}.{key}" if where else None):
+    with within(f"config.{where}.{key}" if where else None, only=SplitError):
       loaded.append(load(ds_cfg[key]))
   splits = [Split(x.images, x.labels) for x in loaded]
   num_classes, class_names = loaded[0].num_classes, loaded[0].class_names

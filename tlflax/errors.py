@@ -11,6 +11,10 @@ class UserError(Exception):
   """
 
 
+class SplitError(UserError):
+  """A split string that does not parse, or selects no example (the caller may name its key)."""
+
+
 def require(condition: bool, message: str) -> None:
   """Raises `UserError(message)` unless `condition` holds."""
   if not condition:
@@ -18,11 +22,12 @@ def require(condition: bool, message: str) -> None:
 
 
 @contextlib.contextmanager
-def within(where: str | None):
-  """A `UserError` raised inside says where: 'in WHERE: ...' (`where` None: unchanged)."""
+def within(where: str | None, only: type[UserError] = UserError):
+  """A `UserError` (of type `only`) raised inside says where: 'in WHERE: ...' (`where` None:
+  unchanged)."""
   try:
     yield
-  except UserError as e:
+  except only as e:
     if where is None:
       raise
     raise UserError(f"in {where}: {e}") from e

@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from tlflax.errors import UserError, require
+from tlflax.errors import SplitError, UserError, require
 
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -228,10 +228,11 @@ def tfds_split(name: str, split: str, data_dir: str | None, *, image_size: int,
     count = builder.info.splits[split].num_examples
     ds = builder.as_dataset(split=split, shuffle_files=False) if count else None
   except Exception as e:
-    raise UserError(f"bad split {split!r} for tfds dataset {name!r} (splits: "
+    raise SplitError(f"bad split {split!r} for tfds dataset {name!r} (splits: "
                     f"{sorted(builder.info.splits)}): use a tfds split string such as "
                     "'train' or 'train[:10%]'") from e
-  require(count > 0, f"split {split!r} of tfds dataset {name!r} is empty: widen the slice")
+  if count == 0:
+    raise SplitError(f"split {split!r} of tfds dataset {name!r} is empty: widen the slice")
   dtype = getattr(builder.info.features["image"], "np_dtype", np.uint8)
   require(np.dtype(dtype) == np.uint8,
           f"tfds dataset {name!r} has images of dtype {np.dtype(dtype)}; tlflax reads uint8 "
@@ -256,7 +257,7 @@ def slice_bounds(split: str, sizes: dict[str, int], what: str) -> tuple[str, int
   """Parses 'train', 'test[:500]', 'train[10%:]' against the base split sizes."""
   m = _SPLIT_RE.match(split.replace(" ", ""))
   if not m or m.group(1) not in sizes:
-    raise UserError(f"bad split {split!r} for {what}: use one of {sorted(sizes)} optionally "
+    raise SplitError(f"bad split {split!r} for {what}: use one of {sorted(sizes)} optionally "
                     "sliced, e.g. 'train[:2000]' or 'test[50%:]'")
   base, lo, hi = m.groups()
   n = sizes[base]
@@ -268,7 +269,8 @@ def slice_bounds(split: str, sizes: dict[str, int], what: str) -> tuple[str, int
     return min(max(value + n if value < 0 else value, 0), n)
 
   start, stop = bound(lo, 0), bound(hi, n)
-  require(stop > start, f"split {split!r} is empty: widen the slice")
+  if stop <= start:
+    raise SplitError(f"split {split!r} is empty: widen the slice")
   return base, start, stop
 
 
