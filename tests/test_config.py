@@ -21,7 +21,8 @@ def _load(name: str, arg: str | None = None):
 
 
 def test_shipped_configs_are_found_by_name_and_paths_pass_through(tmp_path):
-  assert cli.named_configs() == ["cifar10_to_cifar100", "cifar10_to_cifar100_arms", "smoke"]
+  assert cli.named_configs() == ["cifar10_to_cifar100", "cifar10_to_cifar100_arms",
+                                 "imagenet_to_cifar100", "smoke"]
   assert cli.configs_dir().resolve() == (REPO / "configs").resolve()
   assert cli.config_path("smoke") == str(cli.configs_dir() / "smoke.py")
   assert cli.config_path("cifar10_to_cifar100:val") == \
@@ -37,7 +38,8 @@ def test_shipped_configs_are_found_by_name_and_paths_pass_through(tmp_path):
   assert cli.load("cifar10_to_cifar100:val").target.val_split == "train[90%:]"
 
 
-@pytest.mark.parametrize("name", ["smoke", "cifar10_to_cifar100", "cifar10_to_cifar100_arms"])
+@pytest.mark.parametrize("name", ["smoke", "cifar10_to_cifar100", "cifar10_to_cifar100_arms",
+                                  "imagenet_to_cifar100"])
 def test_every_key_of_every_shipped_config_has_a_meaning(name):
   config = _load(name)
   keys = config_lib.flat_keys(config)
@@ -88,3 +90,14 @@ def test_the_config_reference_in_docs_is_generated_from_the_tables():
     if not key.startswith("arms."):
       assert f"| `{key}` |" in doc, key
   assert "| `target.min_steps` | `2000` |" in doc and "| `source.epochs` | `30` |" in doc
+
+
+def test_the_imagenet_config_fine_tunes_a_resnet50_from_hub_weights():
+  from tlflax import study
+  config = _load("imagenet_to_cifar100")
+  config_lib.validate(config)
+  study.check_arm_rules(config)
+  assert (config.model.name, config.transfer.init_from) == ("resnet50_imagenet",
+                                                            "hf://timm/resnet50.tv_in1k")
+  assert (config.target.image_size, config.target.learning_rate) == (128, 0.01)
+  assert _load("imagenet_to_cifar100", "val").target.val_split == "train[90%:]"

@@ -80,7 +80,8 @@ def _png_size(path):
     (["--config.target.epoch=3"], ("unknown config key target.epoch in --config.target.epoch=... "
                                   "(closest: target.epochs")),
     (["--config=smok"], ("no config named 'smok' (did you mean 'smoke'?): use one of "
-                        "cifar10_to_cifar100, cifar10_to_cifar100_arms, smoke")),
+                        "cifar10_to_cifar100, cifar10_to_cifar100_arms, imagenet_to_cifar100, "
+                        "smoke")),
     (["--config=smoke:bogus"], "get_config() takes 0 positional arguments but 1 was given"),
     (["--config.data.pipeline=disk"], "config.data.pipeline must be one of auto, device, stream"),
     (["--config.target.resize=pad"], "config.target.resize must be one of squash, center_crop"),

@@ -94,3 +94,21 @@ def test_an_unwritable_workdir_is_a_user_error(tmp_path):
   blocker.write_text("x")
   with pytest.raises(UserError, match=f"cannot write run folder {blocker}/scratch"):
     rundir.open_run(str(blocker / "scratch"), "scratch", base_config())
+
+
+def test_a_run_folder_from_before_model_padding_padded_same(tmp_path):
+  """Runs made before `model.padding` existed used XLA's SAME padding: today's default ('torch')
+  is another result, refused with the flag that resumes the old run; 'same' reuses it."""
+  run_dir = str(tmp_path / "scratch")
+  rundir.open_run(run_dir, "scratch", _config())
+  path = os.path.join(run_dir, "config.json")
+  old = rundir.read_json(path)
+  del old["model"]["padding"]
+  rundir.write_json(path, old)
+  _trained(run_dir)
+  with pytest.raises(UserError, match=r"model.padding: 'same' -> 'torch'.*--config.model.padding"
+                                      r"=same resumes or reuses it"):
+    rundir.open_run(run_dir, "scratch", _config())
+  same = _config()
+  same.model.padding = "same"
+  assert rundir.open_run(run_dir, "scratch", same) == []

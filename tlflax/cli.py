@@ -23,9 +23,9 @@ from tlflax.errors import UserError
 
 DEFAULT = "cifar10_to_cifar100"
 _HELP = ("--help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?")
-CONFIG_HELP = ("A shipped config's name (smoke, cifar10_to_cifar100, cifar10_to_cifar100_arms; "
-               "NAME:val holds out validation) or a config file's path; --config.KEY=VALUE "
-               "overrides a key (--mode=config lists them).")
+CONFIG_HELP = ("A shipped config's name (smoke, cifar10_to_cifar100, cifar10_to_cifar100_arms, "
+               "imagenet_to_cifar100; NAME:val holds out validation) or a config file's path; "
+               "--config.KEY=VALUE overrides a key (--mode=config lists them).")
 
 
 def configs_dir() -> pathlib.Path:

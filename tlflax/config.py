@@ -41,13 +41,17 @@ DATA = {
     "prefetch": (2, "streamed batches prepared ahead of the step that uses them"),
 }
 MODEL = {
-    "name": ("resnet18", ("network: resnet18, resnet34, or resnet10 (one block a stage: quick "
-             "CPU runs)")),
+    "name": ("resnet18", ("network: resnet18, resnet34, resnet10 (one block a stage: quick CPU "
+             "runs), or torchvision's ImageNet ResNets resnet18_imagenet, resnet34_imagenet, "
+             "resnet50_imagenet, resnet101_imagenet")),
     "width": (64, "channels of the first stage (64 in the standard ResNet); stages double it"),
     "dtype": ("auto", ("compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), float32 or "
               "bfloat16; params, BN statistics, loss and optimizer state stay float32")),
     "conv": ("auto", ("convolution weight gradients: 'auto' (GEMMs on the CPU, XLA's own on "
              "GPU/TPU), 'xla' or 'gemm'")),
+    "padding": ("torch", ("how convolutions pad: 'torch' (k // 2 on every side, as PyTorch: what "
+                "imported and exported weights need) or 'same' (XLA's SAME, (0, 1) for stride-2 "
+                "3x3 convolutions on even sizes: what run folders made before 'torch' used)")),
 }
 PHASE = {
     "dataset": (None, ("tfds name, 'synthetic10'/'synthetic100', or 'folder:/path' (one "

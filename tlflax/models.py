@@ -1,7 +1,12 @@
-"""ResNets for CIFAR-sized images: 3x3 stride-1 stem, no max-pool, global average pool, `head`.
+"""ResNets: for CIFAR-sized images (3x3 stride-1 stem, no max-pool) and as torchvision builds
+them for ImageNet (7x7 stride-2 stem, 3x3 stride-2 max-pool, BasicBlocks or v1.5 Bottlenecks with
+the stride on the 3x3 convolution), then a global average pool and `head`.
 
 Parameter paths are meant to be read by freeze and learning-rate rules:
-`stem_conv`, `stem_bn`, `stage{i}_block{j}/{conv1,bn1,conv2,bn2,proj_conv,proj_bn}`, `head`.
+`stem_conv`, `stem_bn`, `stage{i}_block{j}/{conv1,bn1,conv2,bn2[,conv3,bn3],proj_conv,proj_bn}`,
+`head`. Convolutions pad as PyTorch's do (k // 2 on every side; `padding='torch'`), so weights
+move to and from torchvision exactly; `padding='same'` is XLA's SAME, which pads a stride-2 3x3
+convolution (0, 1) on even sizes (what tlflax runs used before, kept to resume them).
 """
 
 import functools
@@ -27,23 +32,45 @@ class BasicBlock(nn.Module):
 
   filters: int
   strides: int
-  conv: Callable[..., nn.Module]
+  conv: Callable[..., nn.Module]  # conv(features, kernel, strides, name)
   norm: Callable[..., nn.Module]  # norm(name) -> BatchNorm
+  expansion = 1
 
   @nn.compact
   def __call__(self, x):
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv1")(x)
+    y = self.conv(self.filters, 3, self.strides, "conv1")(x)
     y = nn.relu(self.norm("bn1")(y))
-    y = self.conv(self.filters, (3, 3), name="conv2")(y)
+    y = self.conv(self.filters, 3, 1, "conv2")(y)
     y = self.norm("bn2")(y)
     if x.shape != y.shape:
-      x = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(x)
+      x = self.conv(self.filters, 1, self.strides, "proj_conv")(x)
       x = self.norm("proj_bn")(x)
     return nn.relu(x + y)
 
 
+class Bottleneck(nn.Module):
+  """torchvision's Bottleneck (ResNet v1.5): 1x1 down to `filters`, 3x3 with the stride, 1x1 up
+  to 4 x `filters`, with a residual connection (projected when the shape changes)."""
+
+  filters: int
+  strides: int
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm("bn1")(self.conv(self.filters, 1, 1, "conv1")(x)))
+    y = nn.relu(self.norm("bn2")(self.conv(self.filters, 3, self.strides, "conv2")(y)))
+    y = self.norm("bn3")(self.conv(self.filters * 4, 1, 1, "conv3")(y))
+    if x.shape != y.shape:
+      x = self.norm("proj_bn")(self.conv(self.filters * 4, 1, self.strides, "proj_conv")(x))
+    return nn.relu(x + y)
+
+
 class ResNet(nn.Module):
-  """A CIFAR ResNet built from `stage_sizes` (blocks per stage); widths double per stage.
+  """A ResNet built from `stage_sizes` (blocks per stage); widths double per stage. `stem`:
+  'cifar' (3x3 stride 1, no pooling) or 'imagenet' (7x7 stride 2, 3x3 stride-2 max-pool).
 
   `dtype` is the compute precision; parameters and BatchNorm statistics stay float32 and the
   logits are returned in float32. `axis_name` makes BatchNorm average its batch statistics over
@@ -64,12 +91,16 @@ class ResNet(nn.Module):
   frozen_bn: tuple[str, ...] = ()
   stop_gradient_units: int = 0
   conv_fn: Callable | None = None  # a jax.lax.conv_general_dilated drop-in (see conv.py)
+  stem: str = "cifar"
+  padding: str = "torch"
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False):
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init, padding="SAME",
-        conv_general_dilated=self.conv_fn)
+    def conv(features: int, kernel: int, strides: int, name: str):
+      pad = "SAME" if self.padding == "same" else [(kernel // 2, kernel // 2)] * 2
+      return nn.Conv(features, (kernel, kernel), (strides, strides), padding=pad, use_bias=False,
+                     dtype=self.dtype, kernel_init=_conv_init,
+                     conv_general_dilated=self.conv_fn, name=name)
 
     def norm_at(prefix):
       def norm(name):
@@ -83,8 +114,12 @@ class ResNet(nn.Module):
       return jax.lax.stop_gradient(x) if unit + 1 == self.stop_gradient_units else x
 
     x = jnp.asarray(x, self.dtype)
-    x = conv(self.width, (3, 3), name="stem_conv")(x)
-    x = unit_done(nn.relu(norm_at("")("stem_bn")(x)), 0)
+    imagenet = self.stem == "imagenet"
+    x = conv(self.width, 7 if imagenet else 3, 2 if imagenet else 1, "stem_conv")(x)
+    x = nn.relu(norm_at("")("stem_bn")(x))
+    if imagenet:  # padded with -inf, as PyTorch's MaxPool2d(3, 2, 1)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = unit_done(x, 0)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
@@ -121,7 +156,19 @@ def ResNet34(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> 
   return ResNet((3, 4, 6, 3), num_classes, width, BasicBlock, dtype, **kwargs)
 
 
-MODELS = {"resnet10": ResNet10, "resnet18": ResNet18, "resnet34": ResNet34}
+def _imagenet(stage_sizes, block_cls):
+  def build(num_classes: int, width: int = 64, dtype=jnp.float32, **kwargs) -> ResNet:
+    return ResNet(stage_sizes, num_classes, width, block_cls, dtype, stem="imagenet", **kwargs)
+  return build
+
+
+MODELS = {"resnet10": ResNet10, "resnet18": ResNet18, "resnet34": ResNet34,
+          # torchvision's ImageNet ResNets (any image size; 128-224 px is what they are for)
+          "resnet18_imagenet": _imagenet((2, 2, 2, 2), BasicBlock),
+          "resnet34_imagenet": _imagenet((3, 4, 6, 3), BasicBlock),
+          "resnet50_imagenet": _imagenet((3, 4, 6, 3), Bottleneck),
+          "resnet101_imagenet": _imagenet((3, 4, 23, 3), Bottleneck)}
+PADDINGS = ("torch", "same")
 
 
 def num_stages(name: str) -> int:
@@ -146,23 +193,27 @@ def resolve_dtype(dtype: str) -> str:
 
 
 def create_model(name: str, num_classes: int, width: int = 64, dtype: str = "float32",
-                 conv: str = "auto", **kwargs) -> ResNet:
-  """Builds a model from config values; unknown names, dtypes and convolutions are a
+                 conv: str = "auto", padding: str = "torch", **kwargs) -> ResNet:
+  """Builds a model from config values; unknown names, dtypes, convolutions and paddings are a
   `UserError`. `conv` is 'auto' (GEMM weight gradients on the CPU, XLA's own elsewhere),
   'xla' or 'gemm'."""
   if name not in MODELS:
     raise UserError(f"unknown model.name {name!r}: choose one of {sorted(MODELS)}")
+  if padding not in PADDINGS:
+    raise UserError(f"unknown model.padding {padding!r}: choose 'torch' (PyTorch's) or 'same' "
+                    "(XLA's SAME, for run folders trained before 'torch' was the default)")
   dtype = resolve_dtype(dtype)
   if width < 1:
     raise UserError(f"model.width must be a positive integer, got {width}")
   conv_fn = None if conv_lib.resolve(conv) == "xla" else conv_lib.conv_general_dilated
-  return MODELS[name](num_classes, width, DTYPES[dtype], conv_fn=conv_fn, **kwargs)
+  return MODELS[name](num_classes, width, DTYPES[dtype], conv_fn=conv_fn, padding=padding,
+                      **kwargs)
 
 
 def from_config(model_cfg, num_classes: int, **kwargs) -> ResNet:
-  """`create_model` from a config's `model` block (name, width, dtype, conv)."""
+  """`create_model` from a config's `model` block (name, width, dtype, conv, padding)."""
   return create_model(model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype,
-                      model_cfg.conv, **kwargs)
+                      model_cfg.conv, model_cfg.padding, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------

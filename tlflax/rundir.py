@@ -24,7 +24,8 @@ from tlflax.errors import UserError
 
 # Which config blocks decide a run's result: a resumed or reused run must agree on them.
 RELEVANT = {"pretrain": ("seed", "model", "source"), "scratch": ("seed", "model", "target"),
-            "transfer": ("seed", "model", "target", "transfer", "init.config_sha256")}
+            "transfer": ("seed", "model", "target", "transfer", "init.config_sha256",
+                         "init.sha256")}
 # The statistics a run normalises its inputs with, written before it trains.
 STATS_FILE = "data_stats.json"
 # Entries of a run folder that say nothing was trained in it.
@@ -42,9 +43,15 @@ def flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
+# Keys that decide a result and were added later: what a record written before them used.
+_BEFORE_THE_KEY = {"model.padding": "same"}
+
+
 def _relevant(record: dict, mode: str) -> dict:
   """The entries of a config record (config.json's content) that decide a `mode` run's result."""
   everything = flat(json.loads(json.dumps(record, default=str)))
+  if "model.name" in everything:
+    everything = {**_BEFORE_THE_KEY, **everything}
   keys = ("mode",) + RELEVANT[mode]
   return {k: v for k, v in everything.items() if any(k == p or k.startswith(p + ".") for p in keys)}
 
@@ -111,6 +118,9 @@ def _refuse(run_dir: str, diff: list[str] | None) -> None:
   if diff and not untrained(run_dir):
     hint = (" (the run it starts from has another config)"
             if any(d.startswith("init.") for d in diff) else "")
+    if any(d.startswith("model.padding: 'same'") for d in diff):
+      hint += (" (it was trained with model.padding='same': --config.model.padding=same resumes "
+               "or reuses it)")
     raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff[:4])}){hint}: "
                     "use another --workdir, or move that folder away to start over")
 
@@ -199,33 +209,47 @@ def discard_untrained(created: list[str]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """Where a transfer run starts, known before any of it trains: the source run folder and the
-  hash of the config that decides its weights (None for a checkpoint from elsewhere). For
-  `DIR/pretrain`, which tlflax trains (or reuses) itself, `pretrain` is the config it trains with
-  (today's `seed`, `model` and `source` block); None for a source named by `init_from`."""
+  """Where a transfer run starts, known before any of it trains: the source run folder (or the
+  weights file, or hf://ORG/NAME) and its identity: the hash of the config that decides a run's
+  weights (None for a checkpoint from elsewhere), or a weights file's sha256. For `DIR/pretrain`,
+  which tlflax trains (or reuses) itself, `pretrain` is the config it trains with (today's
+  `seed`, `model` and `source` block); None for a source named by `init_from`. `weights`: the
+  local safetensors file of a weights source."""
 
   run: str
   config_sha256: str | None
   pretrain: Any = dataclasses.field(default=None, compare=False)
+  weights: str | None = None
+  sha256: str | None = None
 
   def record(self) -> dict:
     """What a transfer run's config.json says of its source (`init`) before it trains; the
     checkpoint and step it then starts from are added (`record_init`)."""
-    return {"run": self.run, "config_sha256": self.config_sha256}
+    out = {"run": self.run, "config_sha256": self.config_sha256}
+    return {**out, "sha256": self.sha256} if self.weights else out
 
 
 def resolve_source(config, workdir: str) -> Source:
   """The `Source` of a transfer run of `config` in `workdir`.
 
   With `transfer.init_from` empty the source is `DIR/pretrain`, trained (or reused) with today's
-  `source` block, so the hash comes from today's config. Otherwise it is read from the source
-  run's config.json; a run folder named there must be finished, a mid-training checkpoint must
-  be named by its step folder.
+  `source` block, so the hash comes from today's config. A weights file (or hf://ORG/NAME) is
+  identified by its sha256 and must hold the configured model. Otherwise the hash is read from
+  the source run's config.json; a run folder named there must be finished, a mid-training
+  checkpoint must be named by its step folder.
   """
   if not config.transfer.init_from:
     run = os.path.abspath(os.path.join(workdir, "pretrain"))
     pretrain = config.copy_and_resolve_references()
     return Source(run, config_hash(record_of("pretrain", pretrain), "pretrain"), pretrain)
+  from tlflax import weights
+  if weights.is_weights(config.transfer.init_from):  # torchvision / timm weights
+    where = f"config.transfer.init_from={config.transfer.init_from}"
+    arch, file, digest = weights.inspect(config.transfer.init_from)
+    weights.check_model(arch, config.model, where)
+    name = config.transfer.init_from
+    run = name if name.startswith(weights.HUB_PREFIX) else file
+    return Source(run, None, weights=file, sha256=digest)
   path = os.path.abspath(os.path.expanduser(config.transfer.init_from))
   directory, step = checkpoint.locate(path)
   run = os.path.dirname(directory) if os.path.basename(directory) == "checkpoints" else directory

@@ -16,22 +16,32 @@ from absl import logging
 from tlflax.errors import UserError
 
 
-def _source_variables(config, init: dict, target_task, placement) -> tuple[dict, dict]:
-  """The target's initial variables (the source checkpoint merged into a fresh init, on the
-  devices of `placement`) and `init` completed with the checkpoint and step they came from."""
-  from tlflax import checkpoint, models, transfer
-  restored, name = checkpoint.restore_variables(config.transfer.init_from or init["run"],
-                                                placement.replicated)
+def _source_variables(config, source, target_task, placement) -> tuple[dict, dict]:
+  """The target's initial variables (the source's merged into a fresh init, on the devices of
+  `placement`) and the source's `init` record completed with what they came from: the
+  checkpoint and its step, or the weights file."""
+  from tlflax import checkpoint, models, transfer, weights
+  init = source.record()
+  if source.weights:
+    restored = placement.replicate(weights.variables(weights.read(source.weights)))
+    name, init = source.run, {**init, "checkpoint": source.weights}
+  else:
+    restored, name = checkpoint.restore_variables(config.transfer.init_from or source.run,
+                                                  placement.replicated)
+    init = {**init, "checkpoint": name, "step": int(name.rsplit("/", 1)[1])}
   fresh = placement.replicate(models.init_variables(
       config.model, target_task.num_classes, target_task.train.images.shape[1:], config.seed))
-  merged = transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name)
-  return merged, {**init, "checkpoint": name, "step": int(name.rsplit("/", 1)[1])}
+  return transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name), init
 
 
-def source_stats(source_run: str) -> tuple[np.ndarray, np.ndarray]:
-  """(mean, std) the source run normalised its inputs with, from its data_stats.json (or its
-  summary.json)."""
-  from tlflax import rundir
+def source_stats(init: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) the source normalised its inputs with: a source run's data_stats.json (or
+  summary.json), or what a weights file carries (`weights.statistics`)."""
+  from tlflax import rundir, weights
+  if init.get("sha256"):
+    mean, std = weights.statistics(init["run"])
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  source_run = init["run"]
   for name in (rundir.STATS_FILE, "summary.json"):
     record = rundir.read_json(os.path.join(source_run, name)) or {}
     if "mean" in record and "std" in record:
@@ -104,7 +114,7 @@ def _from_source(run_dir, config, workdir, source, task, placement) -> tuple:
   t0 = time.perf_counter()
   prepare_source(source, workdir, placement)
   pretrain_s = time.perf_counter() - t0
-  variables, init = _source_variables(config, source.record(), task, placement)
+  variables, init = _source_variables(config, source, task, placement)
   rundir.record_init(run_dir, init)
   return variables, init, pretrain_s
 
@@ -127,7 +137,7 @@ def _train_in(run_dir, mode, config, workdir, source, placement) -> dict:
     variables, init, pretrain_s = _from_source(run_dir, config, workdir, source, task, placement)
     started += pretrain_s  # the pretraining's time is its own
     if config.transfer.normalize == "source":
-      mean, std = source_stats(init["run"])
+      mean, std = source_stats(init)
       task, stats_from = dataclasses.replace(task, mean=mean, std=std), init["run"]
   if parallel.is_main_process():
     rundir.write_json(os.path.join(run_dir, rundir.STATS_FILE), {

@@ -1,0 +1,63 @@
+"""`tlflax.load`: a trained model, ready to apply, from wherever its weights are.
+
+    model, variables, info = tlflax.load(PATH)
+    logits = model.apply(variables, images, train=False)
+
+PATH is a tlflax run folder (its latest checkpoint), one of its checkpoints
+(`RUN/checkpoints/STEP`), a safetensors file in torchvision / timm layout, or hf://ORG/NAME.
+`images` are float32 NHWC, already resized to `info['image_size']` and normalised as
+(x / 255 - info['mean']) / info['std'].
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+
+from tlflax import checkpoint, models, rundir, weights
+from tlflax.errors import UserError
+
+
+def load(path: str):
+  """(model, variables, info) of the weights `path` names (see the module docstring). `info`:
+  model name and width, num_classes, image_size, mean, std, class_names, and where the weights
+  came from."""
+  if weights.is_weights(path):
+    return _from_weights(path)
+  return _from_run(path)
+
+
+def _from_weights(path: str):
+  w = weights.read(path)
+  arch, meta = w.arch, w.metadata
+  model = models.create_model(arch.name, arch.num_classes, arch.width)
+  variables = jax.tree.map(jnp.asarray, weights.variables(w))
+  image_size = int(meta.get("image_size", 224 if arch.name.endswith("_imagenet") else 32))
+  info = {"model": arch.name, "width": arch.width, "num_classes": arch.num_classes,
+          "image_size": image_size, "mean": list(w.mean), "std": list(w.std),
+          "class_names": json.loads(meta.get("class_names", "[]")), "source": path,
+          "file": w.file, "sha256": w.sha256}
+  return model, variables, info
+
+
+def _from_run(path: str):
+  directory, _ = checkpoint.locate(path)
+  run_dir = os.path.dirname(directory)
+  config = rundir.read_json(os.path.join(run_dir, "config.json"))
+  if config is None:
+    raise UserError(f"{path} is a checkpoint outside a tlflax run folder (no config.json beside "
+                    "its checkpoints/): pass the run folder or one of its checkpoints")
+  restored, name = checkpoint.restore_variables(path)
+  num_classes = int(restored["params"]["head"]["kernel"].shape[-1])
+  m = config["model"]
+  model = models.create_model(m["name"], num_classes, m["width"], m["dtype"], m["conv"],
+                              m.get("padding", "same"))  # runs from before the key: 'same'
+  phase = config["source" if config["mode"] == "pretrain" else "target"]
+  stats = rundir.read_json(os.path.join(run_dir, rundir.STATS_FILE)) or {}
+  summary = rundir.read_json(os.path.join(run_dir, "summary.json")) or {}
+  info = {"model": m["name"], "width": m["width"], "num_classes": num_classes,
+          "image_size": phase["image_size"], "mean": stats.get("mean"), "std": stats.get("std"),
+          "class_names": summary.get("class_names", []), "source": path, "checkpoint": name,
+          "padding": model.padding}
+  return model, restored, info
