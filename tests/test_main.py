@@ -99,6 +99,13 @@ def _png_size(path):
     (["--mode=transfer", "--config.transfer.freeze=stages:9"], "unknown freeze policy 'stages:9'"),
     (["--mode=transfer", "--config.transfer.init_from=/nonexistent"], "holds no tlflax checkpoint"),
     (["--mode=report"], "holds no scratch or transfer runs"),
+    (["--mode=evaluate"], "--mode=evaluate needs --model=PATH"),
+    (["--mode=predict", "--model=tests"], "--mode=predict needs --input=PATH"),
+    (["--mode=predict", "--model=tests", "--input=/nonexistent/*.png"],
+     "--input=/nonexistent/*.png matches no image file"),
+    (["--mode=evaluate", "--model=/nonexistent"], "/nonexistent holds no tlflax checkpoint"),
+    (["--mode=evaluate", "--model=tests", "--config.evaluate.checkpoint=last"],
+     "config.evaluate.checkpoint must be 'latest' or 'best'"),
     (["--bogus=1"], "Unknown command line flag 'bogus'"),
     (["--mode=transfer", "--config.transfer.init_from=tests"], "tests holds no tlflax checkpoint"),
 ])

@@ -9,3 +9,11 @@ def load(path: str):
   logits for float32 NHWC images resized and normalised as `info` says (see `tlflax.loader`)."""
   from tlflax import loader
   return loader.load(path)
+
+
+def predict(model, images, batch_size: int = 64):
+  """(probabilities (N, C), class names) of uint8 (N, H, W, 3) RGB `images` under the model
+  `model` names (whatever `load` takes); images of another size are resized as training resizes
+  (see `tlflax.prediction`)."""
+  from tlflax import prediction
+  return prediction.predict(model, images, batch_size)

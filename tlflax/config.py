@@ -115,12 +115,25 @@ CHECKPOINT = {
     "every_steps": (0, "also checkpoint every N global steps inside epochs (0: never)"),
     "async_save": (True, "write checkpoints in the background"),
 }
+EVALUATE = {
+    "dataset": ("", ("--mode=evaluate: dataset to evaluate on ('': the run's target dataset); a "
+                "tfds name, synthetic10/synthetic100 or folder:/path")),
+    "split": ("", "--mode=evaluate: split to evaluate ('': the run's test split)"),
+    "checkpoint": ("latest", ("--mode=evaluate: a run folder's 'latest' or 'best' checkpoint "
+                   "(--model=RUN/checkpoints/STEP names any)")),
+    "batch_size": (0, "--mode=evaluate: evaluation batch (0: the run's eval_batch_size)"),
+}
+PREDICT = {
+    "top_k": (5, "--mode=predict: classes and probabilities per image in predictions.csv"),
+    "batch_size": (64, "--mode=predict: images a batch, split over every device"),
+}
 REPORT = {
     "include_unfinished": (False, ("the report counts unfinished runs too, each experiment cut "
                            "to the epochs its seeds share (default: it lists them)")),
 }
 BLOCKS = {"": TOP, "data": DATA, "model": MODEL, "source": PHASE, "target": PHASE,
-          "transfer": TRANSFER, "checkpoint": CHECKPOINT, "report": REPORT}
+          "transfer": TRANSFER, "checkpoint": CHECKPOINT, "report": REPORT,
+          "evaluate": EVALUATE, "predict": PREDICT}
 
 
 def _defaults(table: dict) -> dict:
@@ -178,6 +191,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = top["log_every_steps"]
   config.eval_every_epochs = top["eval_every_epochs"]
   config.report = ml_collections.ConfigDict(_defaults(REPORT))
+  config.evaluate = ml_collections.ConfigDict(_defaults(EVALUATE))
+  config.predict = ml_collections.ConfigDict(_defaults(PREDICT))
   return config
 
 
@@ -241,6 +256,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"config.{name}.resize must be one of {', '.join(RESIZE)}, got "
                       f"{phase.resize!r}: set --config.{name}.resize={RESIZE[0]}")
   _validate_data(config.data)
+  if config.evaluate.checkpoint not in ("latest", "best"):
+    raise UserError(f"config.evaluate.checkpoint must be 'latest' or 'best', got "
+                    f"{config.evaluate.checkpoint!r}: set --config.evaluate.checkpoint=latest")
+  if config.evaluate.batch_size < 0 or config.predict.batch_size < 1 or config.predict.top_k < 1:
+    raise UserError("config.evaluate.batch_size must be >= 0 (0: the run's), "
+                    "config.predict.batch_size and config.predict.top_k >= 1")
   if config.checkpoint.keep < 1 or config.checkpoint.every_epochs < 1:
     raise UserError("config.checkpoint.keep and config.checkpoint.every_epochs must be >= 1")
   if config.checkpoint.every_steps < 0:
@@ -393,7 +414,8 @@ def reference_markdown() -> str:
             "model": "`model`", "source": "`source`: the pretraining phase",
             "target": "`target`: the transfer (and scratch) phase",
             "transfer": "`transfer`: how the target starts from the source",
-            "checkpoint": "`checkpoint`", "report": "`report`"}
+            "checkpoint": "`checkpoint`", "report": "`report`",
+            "evaluate": "`evaluate`: --mode=evaluate", "predict": "`predict`: --mode=predict"}
   base = base_config()
   flat = flat_keys(base)
   for block, title in titles.items():

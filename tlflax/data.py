@@ -186,6 +186,22 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean.astype(np.float32), std.astype(np.float32)
 
 
+def load_split(ds_cfg, split: str, data_dir: str | None, data_cfg=None) -> sources.Loaded:
+  """One split of the phase config's dataset, adapted to its `image_size` (`resize`), with the
+  dataset's class count and names."""
+  name = ds_cfg.dataset
+  if name in SYNTHETIC:
+    s = synthetic_split(name, split)
+    return sources.Loaded(adapt_images(s.images, ds_cfg.image_size), s.labels, SYNTHETIC[name],
+                          ())
+  host = {"image_size": ds_cfg.image_size, "resize": ds_cfg.resize}
+  if data_cfg is not None:  # else the sources' own: half the available memory, the temp folder
+    host.update(host_budget_gb=data_cfg.host_budget_gb, spill_dir=data_cfg.spill_dir)
+  if name.startswith(sources.FOLDER_PREFIX):
+    return sources.folder_split(name[len(sources.FOLDER_PREFIX):], split, **host)
+  return sources.tfds_split(name, split, data_dir, download=ds_cfg.download, **host)
+
+
 def load_task(ds_cfg, data_dir: str | None, seed: int, data_cfg=None,
               where: str | None = None) -> Task:
   """Loads and adapts the train, test and (if named) validation splits a phase config names
@@ -194,23 +210,10 @@ def load_task(ds_cfg, data_dir: str | None, seed: int, data_cfg=None,
   (config.data) sets the host budget above which a decoded split is memory-mapped."""
   name = ds_cfg.dataset
   keys = ["train_split", "test_split"] + (["val_split"] if ds_cfg.val_split else [])
-  host = {"image_size": ds_cfg.image_size, "resize": ds_cfg.resize}
-  if data_cfg is not None:  # else the sources' own: half the available memory, the temp folder
-    host.update(host_budget_gb=data_cfg.host_budget_gb, spill_dir=data_cfg.spill_dir)
-
-  def load(split: str):
-    if name in SYNTHETIC:
-      s = synthetic_split(name, split)
-      return sources.Loaded(adapt_images(s.images, ds_cfg.image_size), s.labels,
-                            SYNTHETIC[name], ())
-    if name.startswith(sources.FOLDER_PREFIX):
-      return sources.folder_split(name[len(sources.FOLDER_PREFIX):], split, **host)
-    return sources.tfds_split(name, split, data_dir, download=ds_cfg.download, **host)
-
   loaded = []
   for key in keys:
     with within(f"config.{where}.{key}" if where else None, only=SplitError):
-      loaded.append(load(ds_cfg[key]))
+      loaded.append(load_split(ds_cfg, ds_cfg[key], data_dir, data_cfg))
   splits = [Split(x.images, x.labels) for x in loaded]
   num_classes, class_names = loaded[0].num_classes, loaded[0].class_names
   if ds_cfg.examples_per_class:

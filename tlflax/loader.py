@@ -37,7 +37,7 @@ def _from_weights(path: str):
   info = {"model": arch.name, "width": arch.width, "num_classes": arch.num_classes,
           "image_size": image_size, "mean": list(w.mean), "std": list(w.std),
           "class_names": json.loads(meta.get("class_names", "[]")), "source": path,
-          "file": w.file, "sha256": w.sha256}
+          "file": w.file, "sha256": w.sha256, "run": None, "config": None}
   return model, variables, info
 
 
@@ -59,5 +59,25 @@ def _from_run(path: str):
   info = {"model": m["name"], "width": m["width"], "num_classes": num_classes,
           "image_size": phase["image_size"], "mean": stats.get("mean"), "std": stats.get("std"),
           "class_names": summary.get("class_names", []), "source": path, "checkpoint": name,
-          "padding": model.padding}
+          "padding": model.padding, "run": run_dir, "config": config}
   return model, restored, info
+
+
+def checkpoint_path(path: str, which: str) -> str:
+  """What `load` should read for `which` ('latest' or 'best') of `path`: a run folder's best
+  checkpoint (the best epoch of its summary.json, kept by `checkpoint.keep_best`), else `path`
+  (a checkpoint folder names its own step; files and hub models have one set of weights)."""
+  if which == "latest" or weights.is_weights(path) or os.path.basename(path).isdigit():
+    return path
+  if which != "best":
+    raise UserError(f"config.evaluate.checkpoint must be 'latest' or 'best', got {which!r}")
+  summary = rundir.read_json(os.path.join(path, "summary.json")) or {}
+  best = summary.get("best")
+  if not best:
+    raise UserError(f"{path} has no finished summary.json naming its best epoch: evaluate its "
+                    "latest checkpoint, or a checkpoint folder")
+  step_dir = os.path.join(path, "checkpoints", str(best["step"]))
+  if not os.path.isdir(step_dir):
+    raise UserError(f"the best checkpoint of {path} (step {best['step']}) is not kept "
+                    "(checkpoint.keep_best was off): evaluate the latest one")
+  return step_dir

@@ -14,6 +14,10 @@ Modes:
             then the report       -> DIR/scratch/seed_N/, DIR/transfer_<arm>/seed_N/, DIR/report/
   report    redraw DIR/report/ from the metrics on disk
   config    print every config key (after the overrides) with its value and meaning, and exit
+  evaluate  a trained model (--model=PATH) on a split, with per-class figures -> DIR/evaluate/
+  predict   a trained model on image files (--input=FOLDER|GLOB|FILES)    -> DIR/predict/
+  export    a trained model for serving: jax.export and a SavedModel      -> DIR/export/
+--model takes a run folder, one of its checkpoints, a safetensors file or hf://ORG/NAME.
 Rerunning a command on the same workdir resumes interrupted runs and reuses finished ones.
 Exit codes: 0 done; 2 a mistake the user can fix (one line on stderr, `--verbose` adds the
 traceback); 3 diverged (non-finite loss); 130 / 143 interrupted by SIGINT / SIGTERM after saving a
@@ -34,7 +38,9 @@ from absl import app, flags, logging
 from tlflax import cli as cli_lib
 from tlflax.errors import DIVERGED, Stopped, UserError
 
-MODES = ("pretrain", "scratch", "transfer", "compare", "report", "config")
+MODES = ("pretrain", "scratch", "transfer", "compare", "report", "config", "evaluate", "predict",
+         "export")
+USING = ("evaluate", "predict", "export")  # modes that use a trained model (--model)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "compare", f"What to run: one of {', '.join(MODES)}.")
@@ -46,6 +52,10 @@ flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, to run as one of
 flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator).")
 flags.DEFINE_integer("process_id", -1, "This process's index, 0..N-1 (with --coordinator).")
 flags.DEFINE_bool("verbose", False, "On an error, show the full traceback too (for bug reports).")
+flags.DEFINE_string("model", "", "evaluate / predict / export: a run folder, one of its "
+                    "checkpoints, a safetensors file or hf://ORG/NAME.")
+flags.DEFINE_string("input", "", "predict: a folder of images, a quoted glob, or files separated "
+                    "by commas.")
 
 
 def _fail(message: str) -> None:
@@ -80,8 +90,8 @@ def _setup_jax() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def run(mode: str, config, workdir: str):
-  """Validates the config and dispatches to the mode."""
+def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
+  """Validates the config and dispatches to the mode (`model`, `input_spec`: --model, --input)."""
   from tlflax import config as config_lib
   from tlflax import parallel, runner, study
   if mode not in MODES:
@@ -97,9 +107,30 @@ def run(mode: str, config, workdir: str):
   elif mode == "compare":
     study.check_arm_rules(config)
   placement = parallel.Placement.create(config.parallel)
+  if mode in USING:
+    return _use(mode, config, workdir, model, input_spec, placement)
   if mode == "compare":
     return study.run_compare(config, workdir, placement)
   return runner.run_phase(mode, config, workdir, placement=placement)
+
+
+def _use(mode: str, config, workdir: str, model: str, input_spec: str, placement) -> str:
+  """The modes that use a trained model; returns the folder they wrote."""
+  from tlflax import evaluate, export, prediction
+  if not model:
+    raise UserError(f"--mode={mode} needs --model=PATH: a run folder, one of its checkpoints, a "
+                    "safetensors file or hf://ORG/NAME")
+  if mode == "evaluate":
+    out = evaluate.evaluate(model, config, workdir, placement)
+  elif mode == "predict":
+    if not input_spec:
+      raise UserError("--mode=predict needs --input=PATH: a folder of images, a quoted glob, or "
+                      "files separated by commas")
+    out = prediction.run(model, input_spec, config, workdir, placement)
+  else:
+    out = export.run(model, workdir)
+  logging.info("%s: wrote %s", mode, out)
+  return out
 
 
 def _start_devices() -> None:
@@ -129,7 +160,7 @@ def main(argv: list[str]) -> None:
     _start_devices()
     from tlflax import parallel, preemption
     preemption.install(parallel.describe()["processes"])
-    run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+    run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.model, FLAGS.input)
   except UserError as e:
     if FLAGS.verbose:
       traceback.print_exc()

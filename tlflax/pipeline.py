@@ -85,17 +85,22 @@ def eval_layout(placement, task: data_lib.Task, eval_batch_size: int
 
 
 def place_data(placement, task: data_lib.Task, eval_batch_size: int):
-  """The train split replicated on every device; the evaluation splits likewise, padded and
-  joined as `eval_layout` says; the table of evaluation batches, and each split's [first, last)
-  batches in it (see `train.evaluate`)."""
+  """The train split replicated on every device, then what `place_eval` places."""
   train_data = placement.replicate(data_lib.device_data(task.train, task.mean, task.std))
+  return (train_data,) + place_eval(placement, task, eval_batch_size)
+
+
+def place_eval(placement, task: data_lib.Task, eval_batch_size: int):
+  """The evaluation splits replicated on every device, padded and joined as `eval_layout` says;
+  the table of evaluation batches, and each split's [first, last) batches in it (see
+  `trainer.evaluate`)."""
   splits, eval_bs, parts = eval_layout(placement, task, eval_batch_size)
   padded = [data_lib.pad_for_eval(s, eval_bs) for s in splits.values()]
   joined = data_lib.Split(np.concatenate([s.images for s in padded]),
                           np.concatenate([s.labels for s in padded]))
   eval_data = placement.replicate(data_lib.device_data(joined, task.mean, task.std))
   eval_rows = placement.rows(np.arange(len(joined), dtype=np.int32).reshape(-1, eval_bs))
-  return train_data, eval_data, eval_rows, parts
+  return eval_data, eval_rows, parts
 
 
 def make_feed(data_cfg, placement, task: data_lib.Task, eval_batch_size: int,
