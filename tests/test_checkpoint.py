@@ -56,7 +56,8 @@ def test_checkpoints_keep_the_latest_and_the_best(whole):
   state, key, data_state = ckpts.restore(9, result.state)
   ckpts.close()
   times = {k: data_state.pop(k) for k in ("wall_s", "train_s", "compile_s", "load_s")}
-  assert data_state == {"epoch": 3, "step_in_epoch": 0, "sums": {"loss": 0.0, "accuracy": 0.0},
+  assert data_state == {"epoch": 3, "step_in_epoch": 0, "sums": {"loss": 0.0, "accuracy": 0.0,
+                                                                 "skipped": 0.0, "loss_scale": 0.0},
                         "steps_per_epoch": 3, "train_examples": 96, "policy": "'none'"}
   assert 0 < times["train_s"] < times["wall_s"] and times["compile_s"] > 0
   assert times["load_s"] == 0.0  # fit called directly: nothing was loaded before it

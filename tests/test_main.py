@@ -119,7 +119,10 @@ def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, args, expected):
      ["--config.target.batch_size=100"],
      "batch_size=100 does not split evenly over 8 devices: use 96 or 104"),
     ({}, ["--coordinator=127.0.0.1:1"], "needs --num_processes=N"),
-    ({}, ["--config.model.dtype=float16"], "model.dtype 'float16' is not supported"),
+    ({}, ["--config.model.dtype=float64"], "unknown model.dtype 'float64'"),
+    ({}, ["--config.target.accumulate_steps=0"],
+     "config.target.accumulate_steps must be positive, got 0: set "
+     "--config.target.accumulate_steps"),
 ])
 def test_device_and_precision_mistakes_end_in_one_line_and_exit_2(tmp_path, env, args, expected):
   _assert_one_line_error(tmp_path, args, expected, env)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tlflax import config as config_lib
 from tlflax import models
 from tlflax.errors import UserError
 
@@ -66,10 +67,13 @@ def test_bad_model_config_is_a_user_error(kwargs):
     models.create_model(num_classes=10, **kwargs)
 
 
-def test_auto_dtype_is_float32_on_cpu_and_float16_is_refused():
+def test_auto_dtype_is_float32_on_cpu_float16_scales_its_loss_and_others_are_refused():
   assert jax.default_backend() == "cpu"
   assert models.resolve_dtype("auto") == "float32"
   assert models.create_model("resnet18", 10, width=4, dtype="auto").dtype == jnp.float32
   assert models.resolve_dtype("bfloat16") == "bfloat16"
-  with pytest.raises(UserError, match="'float16' is not supported .*use 'bfloat16'"):
-    models.create_model("resnet18", 10, dtype="float16")
+  assert models.create_model("resnet18", 10, width=4, dtype="float16").dtype == jnp.float16
+  assert models.loss_scaling(config_lib.model_config(dtype="float16"))
+  assert not models.loss_scaling(config_lib.model_config(dtype="bfloat16"))
+  with pytest.raises(UserError, match="unknown model.dtype 'float64': choose one of auto, "):
+    models.create_model("resnet18", 10, dtype="float64")

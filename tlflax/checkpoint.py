@@ -28,12 +28,18 @@ from tlflax import parallel
 from tlflax.errors import UserError
 
 ARRAY_ITEMS = ("params", "batch_stats", "opt_state")
+LOSS_SCALE = "loss_scale"  # an item of float16 runs only: the dynamic loss scale's state
+
+
+def _scale_item(loss_scale) -> dict:
+  """What a checkpoint keeps of flax's DynamicScale: its scale and its count of finite steps."""
+  return {"scale": loss_scale.scale, "fin_steps": loss_scale.fin_steps}
 JSON_ITEMS = ("step", "rng", "data_state")
 
 
 def _handlers() -> dict:
   """Item handlers by name, so a manager opened on an existing folder can read every item."""
-  handlers = {k: ocp.StandardCheckpointHandler() for k in ARRAY_ITEMS}
+  handlers = {k: ocp.StandardCheckpointHandler() for k in ARRAY_ITEMS + (LOSS_SCALE,)}
   handlers.update({k: ocp.JsonCheckpointHandler() for k in JSON_ITEMS})
   return handlers
 
@@ -100,13 +106,15 @@ class RunCheckpoints:
       self._save(step, state, rng_key, data_state, metrics)
 
   def _save(self, step, state, rng_key, data_state, metrics) -> None:
+    scaled = {} if state.loss_scale is None else {
+        LOSS_SCALE: ocp.args.StandardSave(_scale_item(state.loss_scale))}
     self._mngr.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         batch_stats=ocp.args.StandardSave(state.batch_stats),
         opt_state=ocp.args.StandardSave(state.opt_state),
         step=ocp.args.JsonSave({"step": step}),
         rng=ocp.args.JsonSave({"key": np.asarray(jax.random.key_data(rng_key)).tolist()}),
-        data_state=ocp.args.JsonSave(data_state)), metrics=metrics)
+        data_state=ocp.args.JsonSave(data_state), **scaled), metrics=metrics)
 
   def restore_latest(self, make_target):
     """(state, rng key, data_state, step) from the newest checkpoint that restores, or None
@@ -146,11 +154,15 @@ class RunCheckpoints:
     restores onto today's."""
     args = {k: ocp.args.StandardRestore(_abstract(getattr(template, k))) for k in ARRAY_ITEMS}
     args.update({k: ocp.args.JsonRestore() for k in JSON_ITEMS})
+    if template.loss_scale is not None:
+      args[LOSS_SCALE] = ocp.args.StandardRestore(_abstract(_scale_item(template.loss_scale)))
     out = self._mngr.restore(step, args=ocp.args.Composite(**args))
     step_value = np.asarray(out["step"]["step"], np.int32)
     state = template.replace(
         step=jax.make_array_from_process_local_data(template.step.sharding, step_value),
         **{k: out[k] for k in ARRAY_ITEMS})
+    if template.loss_scale is not None:
+      state = state.replace(loss_scale=template.loss_scale.replace(**out[LOSS_SCALE]))
     key = jax.random.wrap_key_data(np.asarray(out["rng"]["key"], np.uint32))
     return state, key, dict(out["data_state"])
 

@@ -45,8 +45,9 @@ MODEL = {
              "runs), or torchvision's ImageNet ResNets resnet18_imagenet, resnet34_imagenet, "
              "resnet50_imagenet, resnet101_imagenet")),
     "width": (64, "channels of the first stage (64 in the standard ResNet); stages double it"),
-    "dtype": ("auto", ("compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), float32 or "
-              "bfloat16; params, BN statistics, loss and optimizer state stay float32")),
+    "dtype": ("auto", ("compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), float32, "
+              "bfloat16, or float16 (GPUs without fast bfloat16: T4, V100) with dynamic loss "
+              "scaling; params, BN statistics, loss and optimizer state stay float32")),
     "conv": ("auto", ("convolution weight gradients: 'auto' (GEMMs on the CPU, XLA's own on "
              "GPU/TPU), 'xla' or 'gemm'")),
     "padding": ("torch", ("how convolutions pad: 'torch' (k // 2 on every side, as PyTorch: what "
@@ -71,8 +72,13 @@ PHASE = {
     "epochs": (None, "epochs to train"),
     "min_steps": (0, ("train at least this many steps: ceil(min_steps / steps_per_epoch) epochs "
                   "for small training sets")),
-    "batch_size": (128, ("global training batch, split over every device (it must divide by "
-                   "their number)")),
+    "batch_size": (128, ("global training batch of a step, split over every device (it must "
+                   "divide by their number)")),
+    "accumulate_steps": (1, ("gradient accumulation (optax.MultiSteps): an update averages the "
+                         "gradients of this many steps, an effective batch of batch_size * "
+                         "accumulate_steps; steps, min_steps and checkpoint.every_steps count "
+                         "batches, the schedule counts updates; BatchNorm in training normalises "
+                         "each batch with its own statistics")),
     "eval_batch_size": (1000, ("global evaluation batch (rounded up to a multiple of the devices; "
                         "the last batch is padded and masked)")),
     "learning_rate": (0.1, "peak learning rate of the warm-up + cosine schedule"),
@@ -219,7 +225,7 @@ def holdout(config: ml_collections.ConfigDict, arg: str | None) -> ml_collection
   return config
 
 
-_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "image_size")
+_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "image_size", "accumulate_steps")
 _NON_NEGATIVE = ("examples_per_class", "min_steps", "learning_rate", "weight_decay", "warmup_epochs",
                  "crop_padding")
 

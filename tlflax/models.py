@@ -24,7 +24,7 @@ from tlflax.errors import UserError
 # torchvision's ResNet init (kaiming normal, fan_out), which the seed study used.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class BasicBlock(nn.Module):
@@ -178,18 +178,18 @@ def num_stages(name: str) -> int:
 
 def resolve_dtype(dtype: str) -> str:
   """The compute dtype a config value stands for: 'auto' is bfloat16 on GPU/TPU, float32 on CPU.
-
-  float16 is refused: without loss scaling its gradients underflow, and bfloat16 runs at the
-  same speed on the GPUs (Ampere and later) and TPUs where half precision pays off.
-  """
+  float16 (for GPUs without fast bfloat16: T4, V100) trains with dynamic loss scaling
+  (`steps.TrainState.loss_scale`)."""
   if dtype == "auto":
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  if dtype == "float16":
-    raise UserError("model.dtype 'float16' is not supported (it needs loss scaling): use "
-                    "'bfloat16', as fast on GPUs since Ampere and on TPUs, or 'float32'")
   if dtype not in DTYPES:
     raise UserError(f"unknown model.dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
   return dtype
+
+
+def loss_scaling(model_cfg) -> bool:
+  """Whether a run of the `model` block trains with dynamic loss scaling (float16 compute)."""
+  return resolve_dtype(model_cfg.dtype) == "float16"
 
 
 def create_model(name: str, num_classes: int, width: int = 64, dtype: str = "float32",

@@ -16,10 +16,12 @@ from tlflax import models, probe, transfer
 
 
 def learning_rate_schedule(phase, epochs: int, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warm-up from 0 over `phase.warmup_epochs`, then cosine decay to 0 at the last of
-  `epochs * steps_per_epoch` steps."""
-  total = epochs * steps_per_epoch
-  warmup = min(round(phase.warmup_epochs * steps_per_epoch), total - 1)
+  """Linear warm-up from 0 over `phase.warmup_epochs`, then cosine decay to 0 at the last update
+  of `epochs * steps_per_epoch` steps. Its argument counts updates: with `accumulate_steps` k,
+  one update every k steps (the last one takes what is left)."""
+  k = phase.accumulate_steps
+  total = -(-epochs * steps_per_epoch // k)
+  warmup = min(round(phase.warmup_epochs * steps_per_epoch / k), total - 1)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=phase.learning_rate, warmup_steps=warmup,
       decay_steps=total, end_value=0.0)
@@ -31,7 +33,9 @@ def make_optimizer(phase, schedule: optax.Schedule, labels=None, lr_factors=None
 
   With `labels` ('trainable' / 'frozen' per parameter, see `transfer.trainable_labels`) the
   optimizer is an `optax.partition`: frozen parameters get zero updates and hold no state, and
-  clipping and weight decay see only trainable ones. `lr_factors` scales each update.
+  clipping and weight decay see only trainable ones. `lr_factors` scales each update. With
+  `phase.accumulate_steps` k > 1, `optax.MultiSteps` averages the gradients of k steps and
+  updates once (the other k - 1 steps leave the parameters as they are).
   """
   trainable = [optax.clip_by_global_norm(phase.grad_clip_norm)] if phase.grad_clip_norm else []
   trainable += [optax.add_decayed_weights(phase.weight_decay),
@@ -42,6 +46,8 @@ def make_optimizer(phase, schedule: optax.Schedule, labels=None, lr_factors=None
     tx = optax.partition({transfer.TRAINABLE: tx, transfer.FROZEN: optax.set_to_zero()}, labels)
   if lr_factors is not None:
     tx = optax.chain(tx, transfer.scale_by_tree(lr_factors))
+  if phase.accumulate_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=phase.accumulate_steps).gradient_transformation()
   return tx
 
 

@@ -44,7 +44,8 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 
 # Keys that decide a result and were added later: what a record written before them used.
-_BEFORE_THE_KEY = {"model.padding": "same"}
+_BEFORE_THE_KEY = {"model.padding": "same", "source.accumulate_steps": 1,
+                   "target.accumulate_steps": 1}
 
 
 def _relevant(record: dict, mode: str) -> dict:

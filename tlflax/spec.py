@@ -54,6 +54,7 @@ class Plan:
   checkpoint_every: int
   checkpoint_every_steps: int
   log_every: int
+  accumulate_steps: int
 
   @classmethod
   def create(cls, spec: RunSpec, train_examples: int, placement) -> "Plan":
@@ -67,7 +68,7 @@ class Plan:
     return cls(train_examples, batch, steps, epochs, phase.epochs,
                optim.learning_rate_schedule(phase, epochs, steps), spec.eval_every_epochs,
                spec.checkpoint.every_epochs, spec.checkpoint.every_steps,
-               max(1, spec.log_every_steps))
+               max(1, spec.log_every_steps), phase.accumulate_steps)
 
   def last(self, epoch: int) -> bool:
     return epoch + 1 == self.epochs
@@ -90,5 +91,6 @@ class Plan:
     return done % self.log_every == 0 or done == self.steps_per_epoch
 
   def learning_rate(self, step: int) -> float:
-    """The learning rate global step `step` (1-based: after it) trained with."""
-    return float(self.schedule(step - 1))
+    """The learning rate global step `step` (1-based: after it) trained with (with gradient
+    accumulation, that of the update the step belongs to)."""
+    return float(self.schedule((step - 1) // self.accumulate_steps))

@@ -13,6 +13,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax.training import dynamic_scale
 
 from tlflax import data as data_lib
 
@@ -25,13 +26,27 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
+  loss_scale: Any = None  # flax's DynamicScale when the model computes in float16, else None
 
 
-def create_train_state(tx, variables: dict) -> TrainState:
-  """Step 0 of training from `variables` (fresh, restored or merged): adds the optimizer state."""
+# float16 loss scaling: flax's DynamicScale, starting at 2**15, halved after a step whose gradients
+# are not finite (the step is skipped), doubled after 2,000 finite steps in a row, never below 1.
+LOSS_SCALE_INIT = 2.0 ** 15
+LOSS_SCALE_GROWTH_INTERVAL = 2000
+
+
+def create_train_state(tx, variables: dict, loss_scaling: bool = False) -> TrainState:
+  """Step 0 of training from `variables` (fresh, restored or merged): adds the optimizer state,
+  and with `loss_scaling` (float16 compute) a dynamic loss scale."""
   params = variables["params"]
+  scale = None
+  if loss_scaling:
+    scale = dynamic_scale.DynamicScale(
+        growth_interval=LOSS_SCALE_GROWTH_INTERVAL, fin_steps=jnp.zeros((), jnp.int32),
+        scale=jnp.asarray(LOSS_SCALE_INIT, jnp.float32), minimum_scale=1.0)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                    loss_scale=scale)
 
 def eval_variables(state: TrainState) -> dict:
   """The variables a forward pass needs."""
@@ -77,10 +92,32 @@ def train_step(state: TrainState, batch: dict, *, model, tx, axis_name: str | No
     loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
     return loss, (logits, updates["batch_stats"])
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      per_shard(state.params, axis_name))
+  params = per_shard(state.params, axis_name)
+  if state.loss_scale is not None:
+    return _scaled_step(state, loss_fn, params, batch["label"], tx, axis_name)
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   return apply_gradients(state, grads, tx, axis_name, batch_stats=batch_stats,
                          metrics=train_metrics(loss, logits, batch["label"]))
+
+
+def _scaled_step(state: TrainState, loss_fn, params, labels, tx, axis_name
+                 ) -> tuple[TrainState, dict]:
+  """`train_step` with dynamic loss scaling (float16 compute): the loss is multiplied by the
+  scale before the backward pass and the gradients divided by it after, averaged over the axis.
+  A step whose gradients are not finite is skipped (params, BatchNorm statistics and optimizer
+  state stay as they were, the scale halves); its `skipped` metric is 1. Only a non-finite step
+  at the lowest scale (1) counts as divergence."""
+  scale, finite, (loss, (logits, batch_stats)), grads = state.loss_scale.value_and_grad(
+      loss_fn, has_aux=True, axis_name=axis_name)(params)
+  new, metrics = apply_gradients(state, grads, tx, None, batch_stats=batch_stats,
+                                 metrics=mean_over(train_metrics(loss, logits, labels), axis_name))
+  keep = functools.partial(jax.tree.map, lambda a, b: jnp.where(finite, a, b))
+  new = new.replace(params=keep(new.params, state.params),
+                    batch_stats=keep(new.batch_stats, state.batch_stats),
+                    opt_state=keep(new.opt_state, state.opt_state), loss_scale=scale)
+  metrics.update(finite=finite | (state.loss_scale.scale > 1.0),
+                 skipped=1.0 - finite.astype(jnp.float32), loss_scale=state.loss_scale.scale)
+  return new, metrics
 
 
 def train_metrics(loss, logits, labels) -> dict:
@@ -95,8 +132,8 @@ def apply_gradients(state: TrainState, grads, tx, axis_name: str | None, *, batc
   grads = mean_over(grads, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
   metrics = mean_over(metrics, axis_name)
   # The same on every shard: the loss and the gradients are averaged over the axis already.
   metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(grads))
@@ -175,8 +212,10 @@ def eval_step_on_batch(variables: dict, data: dict, batch: dict, index, **kwargs
 
 def zero_metrics() -> dict:
   """Sums of the train metrics before an epoch's first step; `nonfinite_step` is the first global
-  step whose loss or gradients were not finite (-1: none yet)."""
+  step whose loss or gradients were not finite (-1: none yet); `skipped` counts the steps that
+  float16 loss scaling skipped, `loss_scale` is the scale of the last step (0: no scaling)."""
   return {"loss": jnp.zeros((), jnp.float32), "accuracy": jnp.zeros((), jnp.float32),
+          "skipped": jnp.zeros((), jnp.float32), "loss_scale": jnp.zeros((), jnp.float32),
           "nonfinite_step": jnp.full((), -1, jnp.int32)}
 
 
@@ -189,7 +228,9 @@ def accumulating(step: Callable) -> Callable:
     new_state, metrics = step(state, data, rows, **kwargs)
     first = sums["nonfinite_step"]
     bad = (first < 0) & ~metrics["finite"]
-    return new_state, {"loss": sums["loss"] + metrics["loss"],
-                       "accuracy": sums["accuracy"] + metrics["accuracy"],
-                       "nonfinite_step": jnp.where(bad, new_state.step, first)}
+    return new_state, {
+        "loss": sums["loss"] + metrics["loss"], "accuracy": sums["accuracy"] + metrics["accuracy"],
+        "skipped": sums["skipped"] + metrics.get("skipped", 0.0),
+        "loss_scale": metrics.get("loss_scale", sums["loss_scale"]).astype(jnp.float32),
+        "nonfinite_step": jnp.where(bad, new_state.step, first)}
   return run

@@ -186,7 +186,7 @@ class _Run:
               **self.trainer.evaluate(state),
               "learning_rate": self.plan.learning_rate(step), "epoch_s": epoch_s,
               "img_per_s": (spe - first) * self.plan.batch_size / epoch_s,
-              "wall_s": self.recorder.elapsed()["wall_s"]}
+              "wall_s": self.recorder.elapsed()["wall_s"], **self.trainer.scaling_figures(sums)}
     self.recorder.record(record)
     return record
 

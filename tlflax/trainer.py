@@ -39,6 +39,7 @@ class Trainer:
     self._order_key = None
     self.cache = None
     self._t_epoch = 0.0
+    self.loss_scaling = models.loss_scaling(spec.model)
 
   # --- Policies ----------------------------------------------------------------------------
 
@@ -55,7 +56,7 @@ class Trainer:
     """The abstract state a checkpoint taken under `policy` restores into, on today's devices."""
     self.setup = self.setup_for(policy, shapes["params"])
     return self.placement.abstract(jax.eval_shape(
-        lambda: steps.create_train_state(self.setup.tx, shapes)))
+        lambda: steps.create_train_state(self.setup.tx, shapes, self.loss_scaling)))
 
   def begin(self, root_key: jax.Array, variables: dict | None = None, state=None):
     """The state training starts from (a fresh one from `variables` under the first epoch's
@@ -67,8 +68,8 @@ class Trainer:
                                     self.feed.eval_rows)
     if state is None:
       self.setup = self.setup_for(self.policy_at(0), variables["params"])
-      state = self.placement.jit_replicated(
-          functools.partial(steps.create_train_state, self.setup.tx))(variables)
+      state = self.placement.jit_replicated(functools.partial(
+          steps.create_train_state, self.setup.tx, loss_scaling=self.loss_scaling))(variables)
     return state
 
   # --- Compiling ---------------------------------------------------------------------------
@@ -189,9 +190,17 @@ class Trainer:
           self.recorder.window(epoch * spe + i + 1, {
               "train_loss": float(host["loss"] - seen["loss"]) / n,
               "train_accuracy": float(host["accuracy"] - seen["accuracy"]) / n,
-              "img_per_s": n * self.plan.batch_size / max(now - seen_t, 1e-9)})
+              "img_per_s": n * self.plan.batch_size / max(now - seen_t, 1e-9),
+              **self.scaling_figures(host, seen)})
         seen, seen_at, seen_t = host, i + 1, now
       yield state, sums, i + 1
+
+  def scaling_figures(self, sums: dict, before: dict | None = None) -> dict:
+    """float16 runs: the steps loss scaling skipped (since `before`'s sums) and the last scale."""
+    if not self.loss_scaling:
+      return {}
+    skipped = float(sums["skipped"]) - (float(before["skipped"]) if before else 0.0)
+    return {"skipped_steps": int(round(skipped)), "loss_scale": float(sums["loss_scale"])}
 
   def evaluate(self, state) -> dict:
     """Every evaluation example once (padded, masked batches of one shape): `{split}_loss`,
