@@ -22,7 +22,7 @@ def _load(name: str, arg: str | None = None):
 
 def test_shipped_configs_are_found_by_name_and_paths_pass_through(tmp_path):
   assert cli.named_configs() == ["cifar10_to_cifar100", "cifar10_to_cifar100_arms",
-                                 "imagenet_to_cifar100", "smoke"]
+                                 "imagenet_to_cifar100", "lr_sweep", "smoke"]
   assert cli.configs_dir().resolve() == (REPO / "configs").resolve()
   assert cli.config_path("smoke") == str(cli.configs_dir() / "smoke.py")
   assert cli.config_path("cifar10_to_cifar100:val") == \
@@ -39,7 +39,7 @@ def test_shipped_configs_are_found_by_name_and_paths_pass_through(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["smoke", "cifar10_to_cifar100", "cifar10_to_cifar100_arms",
-                                  "imagenet_to_cifar100"])
+                                  "imagenet_to_cifar100", "lr_sweep"])
 def test_every_key_of_every_shipped_config_has_a_meaning(name):
   config = _load(name)
   keys = config_lib.flat_keys(config)

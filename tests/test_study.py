@@ -4,6 +4,8 @@ then --mode=transfer on the same workdir."""
 import json
 import textwrap
 
+import pytest
+
 from conftest import REPO, run_cli
 from test_main import _check_run, _png_size
 
@@ -65,8 +67,10 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
   assert _summary(work / "scratch" / "seed_1")["mean"] != pre["mean"]
   assert json.loads((full / "data_stats.json").read_text())["from"] == str(work / "pretrain")
 
-  # Adding an arm: the five finished runs are reused, only the probe's two train.
-  probe_arms = '{"full": {}, "probe": {"freeze": "backbone"}}'
+  # Adding two arms, one a sweep point (a target key): the five finished runs are reused, only
+  # the new arms' four train.
+  probe_arms = ('{"full": {}, "probe": {"freeze": "backbone"}, '
+                '"lr-1e-2": {"target": {"learning_rate": 0.01, "weight_decay": 0.0}}}')
   again = run_cli(["--mode=compare", f"--config={_config_file(tmp_path, probe_arms)}"] + common,
                   tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
@@ -74,6 +78,15 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
   assert again.stderr.count("cached linear probe (fixed features)") == 2
   assert (full / "metrics.jsonl").read_text() == "".join(
       json.dumps(r) + "\n" for r in records)
+  # The sweep arm trains with its own target keys, scratch and the other arms with the study's.
+  swept = work / "transfer_lr-1e-2" / "seed_1"
+  swept_config = json.loads((swept / "config.json").read_text())
+  assert (swept_config["target"]["learning_rate"], swept_config["target"]["weight_decay"]) == \
+      (0.01, 0.0)
+  assert json.loads((full / "config.json").read_text())["target"]["learning_rate"] == 0.05
+  # The recorded learning rate of epoch 1 (warm-up of half an epoch, then cosine) scales with it.
+  assert _records(swept)[0]["learning_rate"] == \
+      pytest.approx(_records(full)[0]["learning_rate"] * 0.01 / 0.05)
 
   report = work / "report"
   for name in ("loss.png", "accuracy.png", "time.png", "labels.png"):
@@ -81,7 +94,8 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
   summary = json.loads((report / "summary.json").read_text())
   exps = summary["experiments"]
   assert sorted(exps) == ["scratch", "scratch_5shot", "transfer_full", "transfer_full_5shot",
-                          "transfer_probe", "transfer_probe_5shot"]
+                          "transfer_lr-1e-2", "transfer_lr-1e-2_5shot", "transfer_probe",
+                          "transfer_probe_5shot"]
   assert {e["name"]: (e["budget"], e["seeds"]) for e in exps.values()}["transfer_probe_5shot"] \
       == (5, [1])
   assert all(e["selected_on"] == "val" for e in exps.values())
@@ -97,6 +111,7 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
       any(v in line for v in ("**holds**", "**does not hold**", "**cannot be judged**"))
       for line in verdicts)
   assert "`probe`: {\"freeze\": \"backbone\"}" in md
+  assert "`lr-1e-2`: {\"target\": {\"learning_rate\": 0.01, \"weight_decay\": 0.0}}" in md
   _check_run(work / "pretrain", "pretrain", 0.1, 500, result.stderr, epochs=1)
   _check_run(work / "scratch" / "seed_1", "scratch", 0.01, 1000, result.stderr, epochs=2)
 
@@ -159,3 +174,43 @@ def test_the_arms_config_lays_out_the_whole_study():
   held_out = module.get_config("val")
   assert (held_out.target.train_split, held_out.target.val_split) == ("train[:90%]",
                                                                      "train[90%:]")
+
+
+def test_the_sweep_config_gives_each_learning_rate_its_experiment_and_identity():
+  from tlflax import cli, rundir, study
+  from tlflax import config as config_lib
+  for arg, seeds in (("", (0,)), (":smoke", (0,))):
+    config = cli.load(f"lr_sweep{arg}")
+    config_lib.validate(config)
+    assert tuple(config.seeds) == seeds
+    runs = {e.name: e.config(config, 0) for e in study.experiments(config)}
+    assert sorted(runs) == ["scratch", "transfer_lr-1e-1", "transfer_lr-1e-2", "transfer_lr-3e-2"]
+    rates = {name: run.target.learning_rate for name, run in runs.items()}
+    assert rates == {"scratch": config.target.learning_rate, "transfer_lr-1e-1": 0.1,
+                     "transfer_lr-1e-2": 0.01, "transfer_lr-3e-2": 0.03}
+    # Each run folder's identity (what decides its result) follows its arm's target keys.
+    hashes = {rundir.config_hash(rundir.record_of(e.mode, runs[e.name]), e.mode)
+              for e in study.experiments(config)}
+    assert len(hashes) == 4
+  assert cli.load("lr_sweep").target.dataset == "cifar100"
+
+
+@pytest.mark.parametrize("arm,expected", [
+    ({"target": {"learning_rat": 0.1}}, "config.arms.a.target.learning_rat does not exist: use "
+     "keys of config.target ("),
+    ({"target": {"learning_rate": -1.0}}, "config.arms.a.target.learning_rate must be >= 0, got "
+     "-1.0: set --config.arms.a.target.learning_rate"),
+    ({"target": {"examples_per_class": 5}}, "config.arms.a.target.examples_per_class: an arm may "
+     "not change the target's data"),
+    ({"target": {"epochs": "ten"}}, "config.arms.a.target.epochs='ten': "),
+    ({"learning_rate": 0.1}, "config.arms.a overrides transfer.learning_rate, which does not "
+     "exist: use keys of config.transfer"),
+])
+def test_an_arm_overriding_a_target_key_is_checked_like_the_target(arm, expected):
+  from tlflax import config as config_lib
+  from tlflax.errors import UserError
+  config = config_lib.base_config()
+  config.arms = config_lib.arms_config({"a": arm})
+  with pytest.raises(UserError) as e:
+    config_lib.validate(config)
+  assert expected in str(e.value) and "\n" not in str(e.value)

@@ -16,8 +16,10 @@ from tlflax.errors import UserError, within
 TOP = {
     "seed": (0, "seed of a single run: init, data order, augmentation"),
     "seeds": ((0,), "--mode=compare: the seeds, one run folder each (pretraining uses `seed`)"),
-    "arms": ({"full": {}}, ("--mode=compare: transfer arms, {name: {transfer key: value}} "
-             "overriding config.transfer, one experiment each; names of letters, digits, . and -")),
+    "arms": ({"full": {}}, ("--mode=compare: transfer arms, {name: {transfer key: value, "
+             "'target': {target key: value}}} overriding config.transfer and config.target (a "
+             "sweep: e.g. {'lr-0.01': {'target': {'learning_rate': 0.01}}}), one experiment "
+             "each; names of letters, digits, . and -")),
     "label_budgets": ((), ("--mode=compare: examples per class of the target's training split, "
                       "one set of runs each (0: all), e.g. (5, 25, 100, 0); (): "
                       "target.examples_per_class alone")),
@@ -137,9 +139,17 @@ REPORT = {
     "include_unfinished": (False, ("the report counts unfinished runs too, each experiment cut "
                            "to the epochs its seeds share (default: it lists them)")),
 }
+TRACK = {
+    "wandb_project": ("", ("Weights & Biases project that every training run and the report are "
+                      "sent to, from process 0 ('': no tracking; needs tlflax[track])")),
+    "wandb_entity": ("", "wandb entity (team or user; '': wandb's default)"),
+    "wandb_mode": ("", ("'online', 'offline' (everything stays on the machine, for `wandb "
+                   "sync`) or 'disabled' ('': wandb's default, or WANDB_MODE)")),
+    "wandb_dir": ("", "folder of wandb's local files ('': wandb's default, ./wandb or WANDB_DIR)"),
+}
 BLOCKS = {"": TOP, "data": DATA, "model": MODEL, "source": PHASE, "target": PHASE,
           "transfer": TRANSFER, "checkpoint": CHECKPOINT, "report": REPORT,
-          "evaluate": EVALUATE, "predict": PREDICT}
+          "evaluate": EVALUATE, "predict": PREDICT, "track": TRACK}
 
 
 def _defaults(table: dict) -> dict:
@@ -199,6 +209,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.report = ml_collections.ConfigDict(_defaults(REPORT))
   config.evaluate = ml_collections.ConfigDict(_defaults(EVALUATE))
   config.predict = ml_collections.ConfigDict(_defaults(PREDICT))
+  config.track = ml_collections.ConfigDict(_defaults(TRACK))
   return config
 
 
@@ -236,31 +247,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.from_config(config.model, 2)
   parallel.check_kind(config.parallel)
   for name in ("source", "target"):
-    phase = config[name]
-    for key in _POSITIVE:
-      if phase[key] <= 0:
-        raise UserError(f"config.{name}.{key} must be positive, got {phase[key]}: "
-                        f"set --config.{name}.{key}")
-    for key in _NON_NEGATIVE:
-      if phase[key] < 0:
-        raise UserError(f"config.{name}.{key} must be >= 0, got {phase[key]}: "
-                        f"set --config.{name}.{key}")
-    if not 0 <= phase.momentum < 1:
-      raise UserError(f"config.{name}.momentum must be in [0, 1), got {phase.momentum}")
-    if not 0 <= phase.label_smoothing < 1:
-      raise UserError(f"config.{name}.label_smoothing must be in [0, 1), got "
-                      f"{phase.label_smoothing}")
-    if phase.warmup_epochs >= phase.epochs:
-      raise UserError(f"config.{name}.warmup_epochs ({phase.warmup_epochs}) must be below "
-                      f"epochs ({phase.epochs}): lower warmup_epochs")
-    if phase.crop_padding >= phase.image_size:
-      raise UserError(f"config.{name}.crop_padding ({phase.crop_padding}) must be below "
-                      f"image_size ({phase.image_size})")
-    if phase.grad_clip_norm < 0:
-      raise UserError(f"config.{name}.grad_clip_norm must be >= 0, got {phase.grad_clip_norm}")
-    if phase.resize not in RESIZE:
-      raise UserError(f"config.{name}.resize must be one of {', '.join(RESIZE)}, got "
-                      f"{phase.resize!r}: set --config.{name}.resize={RESIZE[0]}")
+    _validate_phase(config[name], f"config.{name}")
   _validate_data(config.data)
   if config.evaluate.checkpoint not in ("latest", "best"):
     raise UserError(f"config.evaluate.checkpoint must be 'latest' or 'best', got "
@@ -275,8 +262,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f"{config.checkpoint.every_steps}")
   _validate_transfer(config)
   _validate_study(config)
+  if config.track.wandb_mode not in ("", "online", "offline", "disabled"):
+    raise UserError(f"config.track.wandb_mode must be '', 'online', 'offline' or 'disabled', got "
+                    f"{config.track.wandb_mode!r}")
+  from tlflax import tracking
+  tracking.check(config.track)
   if config.log_every_steps <= 0 or config.eval_every_epochs <= 0:
     raise UserError("config.log_every_steps and config.eval_every_epochs must be positive")
+
+
+def _validate_phase(phase, where: str) -> None:
+  """The values of one phase block (`where`: 'config.target', or an arm's target)."""
+  for key in _POSITIVE:
+    if phase[key] <= 0:
+      raise UserError(f"{where}.{key} must be positive, got {phase[key]}: "
+                      f"set --{where}.{key}")
+  for key in _NON_NEGATIVE:
+    if phase[key] < 0:
+      raise UserError(f"{where}.{key} must be >= 0, got {phase[key]}: "
+                      f"set --{where}.{key}")
+  if not 0 <= phase.momentum < 1:
+    raise UserError(f"{where}.momentum must be in [0, 1), got {phase.momentum}")
+  if not 0 <= phase.label_smoothing < 1:
+    raise UserError(f"{where}.label_smoothing must be in [0, 1), got "
+                    f"{phase.label_smoothing}")
+  if phase.warmup_epochs >= phase.epochs:
+    raise UserError(f"{where}.warmup_epochs ({phase.warmup_epochs}) must be below "
+                    f"epochs ({phase.epochs}): lower warmup_epochs")
+  if phase.crop_padding >= phase.image_size:
+    raise UserError(f"{where}.crop_padding ({phase.crop_padding}) must be below "
+                    f"image_size ({phase.image_size})")
+  if phase.grad_clip_norm < 0:
+    raise UserError(f"{where}.grad_clip_norm must be >= 0, got {phase.grad_clip_norm}")
+  if phase.resize not in RESIZE:
+    raise UserError(f"{where}.resize must be one of {', '.join(RESIZE)}, got "
+                    f"{phase.resize!r}: set --{where}.resize={RESIZE[0]}")
 
 
 RESIZE = ("squash", "center_crop")
@@ -302,17 +322,44 @@ def arm_names(config) -> list[str]:
   return list(config.arms.keys())
 
 
+# Target keys an arm may not override: they decide what every experiment is compared on.
+ARM_FIXED_TARGET = ("dataset", "train_split", "test_split", "val_split", "examples_per_class",
+                    "image_size", "resize")
+
+
 def with_arm(config, arm: str) -> ml_collections.ConfigDict:
-  """A copy of `config` whose `transfer` block has the arm's overrides applied."""
+  """A copy of `config` with the arm's overrides applied: its keys of `config.transfer`, and
+  those of `config.target` under the arm's `target`."""
   out = config.copy_and_resolve_references()
   overrides = config.arms[arm]
   overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {})
   for key, value in overrides.items():
+    if key == "target" and isinstance(value, dict):
+      _override_target(out.target, arm, value)
+      continue
     if key not in out.transfer:
       raise UserError(f"config.arms.{arm} overrides transfer.{key}, which does not exist: use "
-                      f"keys of config.transfer ({', '.join(sorted(out.transfer.keys()))})")
+                      f"keys of config.transfer ({', '.join(sorted(out.transfer.keys()))}) or "
+                      "{'target': {key: value}} for config.target")
     out.transfer[key] = value
   return out
+
+
+def _override_target(target, arm: str, values: dict) -> None:
+  for key, value in values.items():
+    where = f"config.arms.{arm}.target.{key}"
+    if key not in target:
+      raise UserError(f"{where} does not exist: use keys of config.target "
+                      f"({', '.join(sorted(target.keys()))})")
+    if key in ARM_FIXED_TARGET:
+      fixed = ", ".join(ARM_FIXED_TARGET)
+      raise UserError(f"{where}: an arm may not change the target's data ({fixed}), which every "
+                      f"experiment is compared on: set config.target.{key} for the whole study "
+                      "(label budgets: config.label_budgets)")
+    try:
+      target[key] = value
+    except TypeError as e:
+      raise UserError(f"{where}={value!r}: {e}") from None
 
 
 def with_budget(config, budget: int) -> ml_collections.ConfigDict:
@@ -336,7 +383,9 @@ def _validate_study(config) -> None:
     if not _ARM_NAME.match(arm):
       raise UserError(f"config.arms has an arm named {arm!r}: use letters, digits, '.' and '-' "
                       "(it names a run folder)")
-    _validate_transfer(with_arm(config, arm), arm)
+    armed = with_arm(config, arm)
+    _validate_transfer(armed, arm)
+    _validate_phase(armed.target, f"config.arms.{arm}.target")
   for budget in config.label_budgets:
     if not isinstance(budget, int) or budget < 0:
       raise UserError(f"config.label_budgets holds {budget!r}: use examples per class as "
@@ -401,6 +450,8 @@ def key_help(key: str) -> str:
     parts = key.split(".")
     if len(parts) == 2:
       return f"arm {parts[1]}: config.transfer as it is"
+    if parts[2] == "target" and len(parts) == 4:
+      return f"arm {parts[1]}: {key_help('target.' + parts[3]) or 'target override'}"
     return f"arm {parts[1]}: {key_help('transfer.' + parts[2]) or 'transfer override'}"
   table = BLOCKS.get(block)
   if table is None or leaf not in table:
@@ -421,7 +472,8 @@ def reference_markdown() -> str:
             "target": "`target`: the transfer (and scratch) phase",
             "transfer": "`transfer`: how the target starts from the source",
             "checkpoint": "`checkpoint`", "report": "`report`",
-            "evaluate": "`evaluate`: --mode=evaluate", "predict": "`predict`: --mode=predict"}
+            "evaluate": "`evaluate`: --mode=evaluate", "predict": "`predict`: --mode=predict",
+            "track": "`track`: experiment tracking (Weights & Biases)"}
   base = base_config()
   flat = flat_keys(base)
   for block, title in titles.items():

@@ -93,11 +93,12 @@ def _setup_jax() -> None:
 def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
   """Validates the config and dispatches to the mode (`model`, `input_spec`: --model, --input)."""
   from tlflax import config as config_lib
-  from tlflax import parallel, runner, study
+  from tlflax import parallel, runner, study, tracking
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
   if mode == "report":
-    return study.write_report(workdir, config.report.include_unfinished)
+    tracking.check(config.track)
+    return study.write_report(workdir, config.report.include_unfinished, config.track)
   config_lib.validate(config)
   if mode == "config":
     print(cli_lib.describe(config), flush=True)

@@ -226,15 +226,16 @@ SECONDS = ("wall_s", "train_s", "compile_s", "load_s")
 
 class Recorder:
   """What one run leaves for its user, and what it remembers of itself: the metric history
-  (`metrics.jsonl`, `train_steps.jsonl` and TensorBoard, from process 0 only), the progress line,
-  and its time (`SECONDS`, summed over the attempts of a resumed run).
+  (`metrics.jsonl`, `train_steps.jsonl` and TensorBoard, from process 0 only, and a `tracker`'s
+  run when tracking is on), the progress line, and its time (`SECONDS`, summed over the attempts
+  of a resumed run).
 
   `started` (a `time.perf_counter()` reading, default now): when the run's work began; the time
   before the recorder (loading the data, restoring a source) counts as `load_s`.
   """
 
   def __init__(self, run_dir: str, label: str, plan, quiet: bool = False,
-               started: float | None = None):
+               started: float | None = None, tracker=None):
     now = time.perf_counter()
     self.run_dir, self.plan, self.main = run_dir, plan, not quiet
     self.progress = Progress(label, plan.epochs, plan.steps_per_epoch, plan.batch_size,
@@ -245,6 +246,7 @@ class Recorder:
     self._seconds = dict.fromkeys(SECONDS[1:], 0.0)  # of this one, wall_s aside
     self._seconds["load_s"] = now - self._started
     self._writer = None
+    self._tracker = tracker  # a `tracking.RunTracker` (process 0, tracking on) or None
 
   def note(self, message: str) -> None:
     self.progress.note(message)
@@ -275,15 +277,19 @@ class Recorder:
 
   def window(self, step: int, window: dict) -> None:
     """A `log_every_steps` window ending at global `step` (train_steps.jsonl, TensorBoard)."""
+    window = {**window, "learning_rate": self.plan.learning_rate(step)}
     if self._writer is not None:
-      self._writer.write_step({"step": step, **window,
-                               "learning_rate": self.plan.learning_rate(step)})
+      self._writer.write_step({"step": step, **window})
+    if self._tracker is not None:
+      self._tracker.log(step, window, prefix="train/")
 
   def record(self, record: dict) -> None:
     """An evaluation's record: history, metrics.jsonl, TensorBoard, the progress line."""
     self.history.append(record)
     if self._writer is not None:
       self._writer.write(record)
+    if self._tracker is not None:
+      self._tracker.log(record["step"], record)
     val = f" val_acc {record['val_accuracy']:.4f}" if "val_accuracy" in record else ""
     self.note(f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f} test_loss "
               f"{record['test_loss']:.4f} test_acc {record['test_accuracy']:.4f} top5 "
@@ -295,6 +301,9 @@ class Recorder:
       write_event(self.run_dir, event)
 
   def close(self) -> None:
+    if self._tracker is not None:
+      tracker, self._tracker = self._tracker, None
+      tracker.finish()
     if self._writer is not None:
       self._writer.close()
       self._writer = None

@@ -317,7 +317,8 @@ def _markdown(summary: dict) -> str:
                  f"| {_fmt(e['min_test_loss_epoch'], 1)} | {_fmt(e['wall_s'], 1)} |")
   arms = summary.get("arms") or {}
   if arms:
-    lines += ["", "Transfer arms (overrides of `config.transfer`):", ""]
+    lines += ["", "Transfer arms (overrides of `config.transfer`, and of `config.target` under "
+              "`target`):", ""]
     lines += [f"- `{name}`: {json.dumps(over) if over else 'none'}" for name, over in arms.items()]
   if "pretrain" in summary:
     p = summary["pretrain"]

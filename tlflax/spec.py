@@ -28,6 +28,7 @@ class RunSpec:
   log_every_steps: int
   eval_every_epochs: int
   hparams: dict  # the config keys that decide the run's result (TensorBoard's HParams)
+  track: object = None  # config.track: experiment tracking
 
   @classmethod
   def create(cls, mode: str, config) -> "RunSpec":
@@ -35,7 +36,7 @@ class RunSpec:
                transfer=config.transfer if mode == "transfer" else None, seed=config.seed,
                checkpoint=config.checkpoint, data=config.data,
                log_every_steps=config.log_every_steps, eval_every_epochs=config.eval_every_epochs,
-               hparams=rundir.hparams(mode, config))
+               hparams=rundir.hparams(mode, config), track=config.get("track"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,16 +80,18 @@ def run_compare(config, workdir: str, placement=None) -> str:
     for exp in todo:
       runner.run_phase(exp.mode, exp.config(config, seed), workdir, exp.run_dir(workdir, seed),
                        source if exp.mode == "transfer" else None, placement, exp.record())
-  return write_report(workdir, config.report.include_unfinished)
+  return write_report(workdir, config.report.include_unfinished, config.track)
 
 
-def write_report(workdir: str, include_unfinished: bool = False) -> str:
-  """The report, drawn by process 0 only (every process checks there is something to report)."""
-  from tlflax import parallel, report
+def write_report(workdir: str, include_unfinished: bool = False, track=None) -> str:
+  """The report, drawn by process 0 only (every process checks there is something to report),
+  and sent to the tracker when `track` (config.track) says so."""
+  from tlflax import parallel, report, tracking
   out = os.path.join(workdir, "report")
   summary = report.require_runs(workdir, include_unfinished)
   if parallel.is_main_process():
     out = report.write_report(workdir, summary)
     logging.info("report written to %s", out)
+    tracking.report(track, workdir, out, summary)
   parallel.sync("report")
   return out

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import jax
 import numpy as np
 
-from tlflax import checkpoint, models, monitor, parallel, pipeline, preemption, steps
+from tlflax import checkpoint, models, monitor, parallel, pipeline, preemption, steps, tracking
 from tlflax import data as data_lib
 from tlflax import spec as spec_lib
 from tlflax.errors import DIVERGED, Stopped, UserError
@@ -48,7 +48,8 @@ def fit(spec: spec_lib.RunSpec, task: data_lib.Task, run_dir: str, *, placement=
   placement = placement or parallel.Placement.create()
   plan = spec_lib.Plan.create(spec, len(task.train), placement)
   quiet = not parallel.is_main_process()
-  with monitor.Recorder(run_dir, spec.mode, plan, quiet, started) as recorder, \
+  tracker = None if quiet else tracking.for_run(spec, run_dir)
+  with monitor.Recorder(run_dir, spec.mode, plan, quiet, started, tracker) as recorder, \
        checkpoint.RunCheckpoints.of_run(run_dir, spec.checkpoint) as ckpts:
     feed = pipeline.make_feed(spec.data, placement, task, spec.phase.eval_batch_size,
                               recorder.note)
