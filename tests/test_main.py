@@ -81,7 +81,7 @@ def _png_size(path):
                                   "(closest: target.epochs")),
     (["--config=smok"], ("no config named 'smok' (did you mean 'smoke'?): use one of "
                         "cifar10_to_cifar100, cifar10_to_cifar100_arms, imagenet_to_cifar100, "
-                        "smoke")),
+                        "lr_sweep, smoke")),
     (["--config=smoke:bogus"], "get_config() takes 0 positional arguments but 1 was given"),
     (["--config.data.pipeline=disk"], "config.data.pipeline must be one of auto, device, stream"),
     (["--config.target.resize=pad"], "config.target.resize must be one of squash, center_crop"),
@@ -121,8 +121,8 @@ def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, args, expected):
     ({}, ["--coordinator=127.0.0.1:1"], "needs --num_processes=N"),
     ({}, ["--config.model.dtype=float64"], "unknown model.dtype 'float64'"),
     ({}, ["--config.target.accumulate_steps=0"],
-     "config.target.accumulate_steps must be positive, got 0: set "
-     "--config.target.accumulate_steps"),
+     ("config.target.accumulate_steps must be positive, got 0: set "
+     "--config.target.accumulate_steps")),
 ])
 def test_device_and_precision_mistakes_end_in_one_line_and_exit_2(tmp_path, env, args, expected):
   _assert_one_line_error(tmp_path, args, expected, env)

@@ -165,12 +165,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(args, tmp_path, processes: int, devices: int):
-  """Starts `processes` tlflax processes with `devices` CPU devices each; returns (exit code,
-  stderr) of each. Output goes to files: a process blocked on a full pipe would stall the
-  others in their next collective."""
+def _launch(args, tmp_path, processes: int, devices: int, env: dict | None = None):
+  """Starts `processes` tlflax processes with `devices` CPU devices each (and `env` added to the
+  environment); returns (exit code, stderr) of each. Output goes to files: a process blocked on
+  a full pipe would stall the others in their next collective."""
   env = {**os.environ, "TLFLAX_JAX_CACHE": JAX_CACHE,
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
   extra = []
   if processes > 1:
     extra = [f"--coordinator=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]

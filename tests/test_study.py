@@ -5,7 +5,6 @@ import json
 import textwrap
 
 import pytest
-
 from conftest import REPO, run_cli
 from test_main import _check_run, _png_size
 
@@ -196,15 +195,15 @@ def test_the_sweep_config_gives_each_learning_rate_its_experiment_and_identity()
 
 
 @pytest.mark.parametrize("arm,expected", [
-    ({"target": {"learning_rat": 0.1}}, "config.arms.a.target.learning_rat does not exist: use "
-     "keys of config.target ("),
-    ({"target": {"learning_rate": -1.0}}, "config.arms.a.target.learning_rate must be >= 0, got "
-     "-1.0: set --config.arms.a.target.learning_rate"),
-    ({"target": {"examples_per_class": 5}}, "config.arms.a.target.examples_per_class: an arm may "
-     "not change the target's data"),
+    ({"target": {"learning_rat": 0.1}}, ("config.arms.a.target.learning_rat does not exist: use "
+     "keys of config.target (")),
+    ({"target": {"learning_rate": -1.0}}, ("config.arms.a.target.learning_rate must be >= 0, got "
+     "-1.0: set --config.arms.a.target.learning_rate")),
+    ({"target": {"examples_per_class": 5}}, ("config.arms.a.target.examples_per_class: an arm may "
+     "not change the target's data")),
     ({"target": {"epochs": "ten"}}, "config.arms.a.target.epochs='ten': "),
-    ({"learning_rate": 0.1}, "config.arms.a overrides transfer.learning_rate, which does not "
-     "exist: use keys of config.transfer"),
+    ({"learning_rate": 0.1}, ("config.arms.a overrides transfer.learning_rate, which does not "
+     "exist: use keys of config.transfer")),
 ])
 def test_an_arm_overriding_a_target_key_is_checked_like_the_target(arm, expected):
   from tlflax import config as config_lib

@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+# Before anything touches a gs:// or s3:// path: etils.epath through fsspec (see storage.py).
+from tlflax import storage as _storage  # noqa: E402, F401
+
 
 def load(path: str):
   """(model, variables, info) of a tlflax run folder, one of its checkpoints, a torchvision /

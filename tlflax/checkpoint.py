@@ -16,7 +16,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 from typing import Self
 
 import jax
@@ -24,10 +23,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from tlflax import parallel
+from tlflax import parallel, storage
 from tlflax.errors import UserError
 
 ARRAY_ITEMS = ("params", "batch_stats", "opt_state")
+_COMMITTED = "commit_success.txt"  # orbax's mark of a finished checkpoint on an object store
 LOSS_SCALE = "loss_scale"  # an item of float16 runs only: the dynamic loss scale's state
 
 
@@ -65,7 +65,7 @@ class RunCheckpoints:
     if keep_best:
       policies.append(ocp.checkpoint_managers.BestN(
           get_metric_fn=_selection_metric, n=1, keep_checkpoints_without_metrics=False))
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.absolute(directory)
     self._closed = False
     # best_fn as well as the policy: orbax writes a checkpoint's metrics to disk only when
     # best_fn is set, and without them a reopened manager (a resumed run) forgets which
@@ -79,7 +79,7 @@ class RunCheckpoints:
   @classmethod
   def of_run(cls, run_dir: str, checkpoint_cfg) -> "RunCheckpoints":
     """The checkpoints of the run in `run_dir`, kept as `config.checkpoint` says."""
-    return cls(os.path.join(run_dir, "checkpoints"), keep=checkpoint_cfg.keep,
+    return cls(storage.join(run_dir, "checkpoints"), keep=checkpoint_cfg.keep,
                keep_best=checkpoint_cfg.keep_best, async_save=checkpoint_cfg.async_save)
 
   def __enter__(self) -> Self:
@@ -135,16 +135,15 @@ class RunCheckpoints:
     return None
 
   def _set_aside(self, step: int, error: Exception) -> None:
-    aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
+    aside = storage.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
     reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
     logging.warning("checkpoint %s/%d cannot be restored (%s: %s): moved to %s; falling back to "
                     "the previous checkpoint", self.directory, step, type(error).__name__, reason,
                     aside)
     if parallel.is_main_process():
-      os.makedirs(os.path.dirname(aside), exist_ok=True)
-      if os.path.exists(aside):
-        shutil.rmtree(aside)
-      os.replace(os.path.join(self.directory, str(step)), aside)
+      storage.makedirs(os.path.dirname(aside))
+      storage.rmtree(aside)
+      storage.move(storage.join(self.directory, str(step)), aside)
     parallel.sync(f"set aside checkpoint {step}")
     self._mngr.reload()
 
@@ -201,17 +200,18 @@ class RunCheckpoints:
 
 
 def steps_in(directory: str) -> list[int]:
-  """Sorted steps of the checkpoint folders in `directory` (empty if there is none)."""
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  """Sorted steps of the checkpoint folders in `directory` (empty if there is none). On a store,
+  where orbax cannot rename a finished checkpoint into place, only those it marked committed."""
+  remote = storage.is_remote(directory)
+  return sorted(int(d) for d in storage.listdir(directory)
+                if d.isdigit() and storage.isdir(storage.join(directory, d))
+                and (not remote or storage.exists(storage.join(directory, d, _COMMITTED))))
 
 
 def locate(path: str) -> tuple[str, int]:
   """(checkpoint folder, step) for a run folder, a checkpoints folder or one step's folder."""
-  path = os.path.abspath(os.path.expanduser(path))
-  candidates = [(os.path.join(path, "checkpoints"), None), (path, None)]
+  path = storage.absolute(path)
+  candidates = [(storage.join(path, "checkpoints"), None), (path, None)]
   if os.path.basename(path).isdigit():
     candidates.append((os.path.dirname(path), int(os.path.basename(path))))
   for directory, step in candidates:

@@ -17,6 +17,7 @@ prediction gathered on the host and a dependency for three divisions.
 """
 
 import functools
+import io
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from tlflax import data as data_lib
-from tlflax import loader, parallel, pipeline, steps, trainer
+from tlflax import loader, parallel, pipeline, steps, storage, trainer
 from tlflax.errors import SplitError, UserError, within
 
 
@@ -148,14 +149,13 @@ def confused_pairs(confusion: np.ndarray, names: list[str], most: int = 20) -> l
 
 def write(out: str, result: dict) -> None:
   """evaluation.json, evaluation.md and confusion.png into `out`."""
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "evaluation.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  storage.makedirs(out)
+  storage.write_text(storage.join(out, "evaluation.json"), json.dumps(result, indent=2))
   confusion = np.asarray(result["confusion"])
   names = [r["name"] for r in result["per_class"]]
-  _plot(confusion, names, os.path.join(out, "confusion.png"))
-  with open(os.path.join(out, "evaluation.md"), "w") as f:
-    f.write(markdown(result, confused_pairs(confusion, names)))
+  _plot(confusion, names, storage.join(out, "confusion.png"))
+  storage.write_text(storage.join(out, "evaluation.md"),
+                     markdown(result, confused_pairs(confusion, names)))
 
 
 def markdown(result: dict, pairs: list[tuple]) -> str:
@@ -196,5 +196,7 @@ def _plot(confusion: np.ndarray, names: list[str], path: str) -> None:
   ax.set_title("confusion matrix (each row sums to 1)", fontsize="medium")
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
-  fig.savefig(path)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
   plt.close(fig)
+  storage.write_bytes(path, buffer.getvalue())

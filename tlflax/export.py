@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tlflax import loader, sources
+from tlflax import loader, sources, storage
 
 ARTIFACT = "model.jaxexport"
 PLATFORMS = ("cpu", "cuda", "tpu")  # the artifact runs on any of them, whichever exported it
@@ -60,17 +60,15 @@ def export_jax(model, variables, info: dict, out: str) -> str:
   exported = jax.export.export(jax.jit(lambda images: serve(host, images)),
                                platforms=PLATFORMS)(
       jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8))
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, ARTIFACT), "wb") as f:
-    f.write(exported.serialize())
+  storage.makedirs(out)
+  storage.write_bytes(storage.join(out, ARTIFACT), bytes(exported.serialize()))
   _write_json(out, describe(info, "jax.export"))
   return out
 
 
 def load_jax(folder: str):
   """The exported function of a jax/ folder: `call(images) -> probabilities`."""
-  with open(os.path.join(folder, ARTIFACT), "rb") as f:
-    return jax.export.deserialize(bytearray(f.read())).call
+  return jax.export.deserialize(bytearray(storage.read_bytes(storage.join(folder, ARTIFACT)))).call
 
 
 def export_saved_model(model, variables, info: dict, out: str) -> str:
@@ -92,7 +90,8 @@ def export_saved_model(model, variables, info: dict, out: str) -> str:
     return {"probabilities": converted(module.variables_, images)}
 
   module.serving_default = serving_default
-  tf.saved_model.save(module, out, signatures={"serving_default": serving_default})
+  with storage.local_folder(out) as folder:  # TensorFlow's writer, uploaded to a store after
+    tf.saved_model.save(module, folder, signatures={"serving_default": serving_default})
   _write_json(out, describe(info, "saved_model"))
   return out
 
@@ -110,5 +109,4 @@ def run(model_path: str, workdir: str) -> str:
 
 
 def _write_json(folder: str, record: dict) -> None:
-  with open(os.path.join(folder, "model.json"), "w") as f:
-    json.dump(record, f, indent=2)
+  storage.write_text(storage.join(folder, "model.json"), json.dumps(record, indent=2))

@@ -15,7 +15,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from tlflax import checkpoint, models, rundir, weights
+from tlflax import checkpoint, models, rundir, storage, weights
 from tlflax.errors import UserError
 
 
@@ -77,7 +77,7 @@ def checkpoint_path(path: str, which: str) -> str:
     raise UserError(f"{path} has no finished summary.json naming its best epoch: evaluate its "
                     "latest checkpoint, or a checkpoint folder")
   step_dir = os.path.join(path, "checkpoints", str(best["step"]))
-  if not os.path.isdir(step_dir):
+  if not storage.isdir(step_dir):
     raise UserError(f"the best checkpoint of {path} (step {best['step']}) is not kept "
                     "(checkpoint.keep_best was off): evaluate the latest one")
   return step_dir

@@ -93,9 +93,11 @@ def _setup_jax() -> None:
 def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
   """Validates the config and dispatches to the mode (`model`, `input_spec`: --model, --input)."""
   from tlflax import config as config_lib
-  from tlflax import parallel, runner, study, tracking
+  from tlflax import parallel, runner, storage, study, tracking
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
+  storage.check(workdir)
+  storage.check(model, "--model")
   if mode == "report":
     tracking.check(config.track)
     return study.write_report(workdir, config.report.include_unfinished, config.track)

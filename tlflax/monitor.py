@@ -1,14 +1,15 @@
 """What a run tells the user while it trains: metrics files, TensorBoard events, progress, and
 the `Recorder` that holds them together for one run (its history and its time)."""
 
-import glob
 import json
-import os
 import sys
+import tempfile
 import time
 from typing import Self
 
 from absl import logging
+
+from tlflax import storage
 
 _TB_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_top5", "val_loss",
             "val_accuracy", "learning_rate", "img_per_s")
@@ -33,16 +34,22 @@ class MetricsWriter:
   def __init__(self, run_dir: str, history: list[dict] | None = None, resumed_step: int = 0,
                hparams: dict | None = None):
     from tensorboardX import SummaryWriter
-    os.makedirs(run_dir, exist_ok=True)
-    self.path = os.path.join(run_dir, "metrics.jsonl")
-    self.step_path = os.path.join(run_dir, _STEP_FILE)
+    storage.makedirs(run_dir)
+    self.run_dir = run_dir
+    self.path = storage.join(run_dir, "metrics.jsonl")
+    self.step_path = storage.join(run_dir, _STEP_FILE)
     step_records = []
     if history is not None:
-      for old in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
-        os.remove(old)  # derived from the two files, rewritten below
+      for old in storage.glob(run_dir, "events.out.tfevents.*"):
+        storage.remove(old)  # derived from the two files, rewritten below
       step_records = [r for r in _read_jsonl(self.step_path) if r["step"] <= resumed_step]
     _write_jsonl(self.step_path, step_records)
-    self._tb = SummaryWriter(run_dir, flush_secs=30)
+    # tensorboardX writes local files: on a store, into a local folder uploaded at each
+    # evaluation and at the end.
+    self._staging = None
+    if storage.is_remote(run_dir):
+      self._staging = tempfile.TemporaryDirectory(prefix="tlflax-tb-")
+    self._tb = SummaryWriter(self._staging.name if self._staging else run_dir, flush_secs=30)
     if hparams:
       self._hparams(hparams)
     for record in history or ():
@@ -58,17 +65,20 @@ class MetricsWriter:
       self._tb._get_file_writer().add_summary(summary)
 
   def write(self, record: dict) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    storage.append_text(self.path, json.dumps(record) + "\n")
     self._scalars(record)
     self._tb.flush()
+    self._upload()
 
   def write_step(self, record: dict) -> None:
     """One `log_every_steps` window: {'step', 'train_loss', 'train_accuracy', 'learning_rate',
     'img_per_s'} (means over the window) -> train_steps.jsonl and TensorBoard's `step/` tags."""
-    with open(self.step_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    storage.append_text(self.step_path, json.dumps(record) + "\n")
     self._step_scalars(record)
+
+  def _upload(self) -> None:
+    if self._staging is not None:
+      storage.upload(self._staging.name, self.run_dir)
 
   def _scalars(self, record: dict) -> None:
     for key in _TB_KEYS:
@@ -82,24 +92,23 @@ class MetricsWriter:
 
   def close(self) -> None:
     self._tb.close()
+    self._upload()
+    if self._staging is not None:
+      self._staging.cleanup()
 
 
 def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = storage.read_text(path)
+  return [json.loads(line) for line in (text or "").splitlines() if line.strip()]
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
-  os.replace(path + ".tmp", path)
+  storage.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def read_steps(run_dir: str) -> list[dict]:
   """The per-window training scalars of a run (`train_steps.jsonl`)."""
-  return _read_jsonl(os.path.join(run_dir, _STEP_FILE))
+  return _read_jsonl(storage.join(run_dir, _STEP_FILE))
 
 
 def selection_key(history: list[dict]) -> str:
@@ -119,12 +128,11 @@ def best_record(history: list[dict], key: str | None = None) -> dict | None:
 def write_event(run_dir: str, event: dict) -> None:
   """Appends an event (`{"event": "diverged", ...}`) to metrics.jsonl; readers of the per-epoch
   records skip it."""
-  with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
-    f.write(json.dumps(event) + "\n")
+  storage.append_text(storage.join(run_dir, "metrics.jsonl"), json.dumps(event) + "\n")
 
 
 def _read_lines(run_dir: str) -> list[dict]:
-  return _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+  return _read_jsonl(storage.join(run_dir, "metrics.jsonl"))
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -142,7 +150,7 @@ def truncate_metrics(run_dir: str, last_epoch: int) -> list[dict]:
   every event, and returns the records kept."""
   lines = _read_lines(run_dir)
   kept = [r for r in lines if "event" in r or r["epoch"] <= last_epoch]
-  _write_jsonl(os.path.join(run_dir, "metrics.jsonl"), kept)
+  _write_jsonl(storage.join(run_dir, "metrics.jsonl"), kept)
   return [r for r in kept if "event" not in r]
 
 

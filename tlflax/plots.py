@@ -8,10 +8,13 @@
 Scratch is red, the study's transfer arm blue, every other arm a colour of its own.
 """
 
+import io
 import math
 import os
 
 import numpy as np
+
+from tlflax import storage
 
 _SCRATCH_COLOUR, _STUDY_COLOUR = "tab:red", "tab:blue"
 _PALETTE = ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
@@ -27,8 +30,8 @@ def draw(summary: dict, out: str) -> list[str]:
   if len({e["budget"] for e in summary["experiments"].values()}) > 1:
     _plot_labels(summary, os.path.join(out, "labels.png"))
     figures.append("labels.png")
-  elif os.path.exists(os.path.join(out, "labels.png")):
-    os.remove(os.path.join(out, "labels.png"))  # from an earlier report with several budgets
+  else:
+    storage.remove(os.path.join(out, "labels.png"))  # from an earlier report with several budgets
   return figures
 
 
@@ -77,8 +80,10 @@ def _save(plt, fig, ax, xlabel: str, ylabel: str, path: str) -> None:
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize="small")
   fig.tight_layout()
-  fig.savefig(path)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
   plt.close(fig)
+  storage.write_bytes(path, buffer.getvalue())
 
 
 def _band(ax, x, curve: dict, colour: str) -> None:

@@ -13,6 +13,7 @@ probabilities) and DIR/predict/predictions.jsonl (the same, one JSON object a fi
 import csv
 import functools
 import glob
+import io
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tlflax import data as data_lib
-from tlflax import loader, parallel, sources, steps
+from tlflax import loader, parallel, sources, steps, storage
 from tlflax.errors import UserError
 
 
@@ -143,15 +144,16 @@ def run(model_path: str, input_spec: str, config, workdir: str, placement=None) 
 
 
 def _write(out: str, files, errors, probs, names, k: int) -> None:
-  os.makedirs(out, exist_ok=True)
+  storage.makedirs(out)
   header = ["file", "error"] + [c for i in range(1, k + 1) for c in (f"top{i}", f"p{i}")]
-  with open(os.path.join(out, "predictions.csv"), "w", newline="") as f_csv, \
-       open(os.path.join(out, "predictions.jsonl"), "w") as f_json:
-    writer = csv.writer(f_csv)
-    writer.writerow(header)
-    for file, error, p in zip(files, errors, probs, strict=True):
-      top = [] if error else [(names[c], float(p[c])) for c in np.argsort(-p)[:k]]
-      cells = [file, error or ""] + [v for name, prob in top for v in (name, f"{prob:.6f}")]
-      writer.writerow(cells + [""] * (len(header) - len(cells)))
-      f_json.write(json.dumps({"file": file, "error": error, "top": [
-          {"class": name, "probability": prob} for name, prob in top]}) + "\n")
+  f_csv, lines = io.StringIO(newline=""), []
+  writer = csv.writer(f_csv)
+  writer.writerow(header)
+  for file, error, p in zip(files, errors, probs, strict=True):
+    top = [] if error else [(names[c], float(p[c])) for c in np.argsort(-p)[:k]]
+    cells = [file, error or ""] + [v for name, prob in top for v in (name, f"{prob:.6f}")]
+    writer.writerow(cells + [""] * (len(header) - len(cells)))
+    lines.append(json.dumps({"file": file, "error": error, "top": [
+        {"class": name, "probability": prob} for name, prob in top]}) + "\n")
+  storage.write_text(storage.join(out, "predictions.csv"), f_csv.getvalue())
+  storage.write_text(storage.join(out, "predictions.jsonl"), "".join(lines))

@@ -15,13 +15,12 @@ then says. Nothing is trained here: redraw it at any time.
 """
 
 import dataclasses
-import glob
 import json
 import os
 
 import numpy as np
 
-from tlflax import claims, plots, rundir
+from tlflax import claims, plots, rundir, storage
 from tlflax.errors import UserError
 from tlflax.monitor import best_record, read_events, read_metrics
 from tlflax.rundir import read_json
@@ -62,9 +61,9 @@ class _Folder:
 def _folders(workdir: str) -> list[_Folder]:
   """Every scratch or transfer run folder of `workdir` with metrics or a summary."""
   found = []
-  for base in sorted(glob.glob(os.path.join(workdir, "*"))):
-    for run_dir in [base] + sorted(glob.glob(os.path.join(base, "seed_*"))):
-      config = read_json(os.path.join(run_dir, "config.json")) or {}
+  for base in storage.glob(workdir, "*"):
+    for run_dir in [base] + storage.glob(base, "seed_*"):
+      config = read_json(storage.join(run_dir, "config.json")) or {}
       finished = rundir.finished(run_dir) is not None
       if config.get("mode") not in ("scratch", "transfer") or not (
           finished or read_metrics(run_dir)):
@@ -214,7 +213,7 @@ def summarize(workdir: str, include_unfinished: bool = False) -> dict:
     e = _experiment(workdir, g)
     if e is not None:
       experiments[name] = e
-  out: dict = {"workdir": os.path.abspath(workdir), "experiments": experiments,
+  out: dict = {"workdir": storage.absolute(workdir), "experiments": experiments,
                "include_unfinished": include_unfinished,
                "unfinished": [_unfinished(workdir, f) for f in folders if not f.finished]}
   scratch, transfer = _study_pair(experiments)
@@ -317,8 +316,8 @@ def _markdown(summary: dict) -> str:
                  f"| {_fmt(e['min_test_loss_epoch'], 1)} | {_fmt(e['wall_s'], 1)} |")
   arms = summary.get("arms") or {}
   if arms:
-    lines += ["", "Transfer arms (overrides of `config.transfer`, and of `config.target` under "
-              "`target`):", ""]
+    lines += ["", ("Transfer arms (overrides of `config.transfer`, and of `config.target` under "
+              "`target`):"), ""]
     lines += [f"- `{name}`: {json.dumps(over) if over else 'none'}" for name, over in arms.items()]
   if "pretrain" in summary:
     p = summary["pretrain"]
@@ -361,12 +360,10 @@ def write_report(workdir: str, summary: dict | None = None,
   """Writes DIR/report/ from the metrics on disk (summarised by `require_runs` unless given)
   and returns that folder."""
   summary = summary or require_runs(workdir, include_unfinished)
-  out = os.path.join(workdir, "report")
-  os.makedirs(out, exist_ok=True)
+  out = storage.join(workdir, "report")
+  storage.makedirs(out)
   summary["arms"] = _arms(workdir, summary)
   summary["figures"] = plots.draw(summary, out)
-  with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write(_markdown(summary))
+  storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
+  storage.write_text(storage.join(out, "report.md"), _markdown(summary))
   return out

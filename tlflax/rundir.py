@@ -16,10 +16,9 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from typing import Any
 
-from tlflax import checkpoint, parallel
+from tlflax import checkpoint, parallel, storage
 from tlflax.errors import UserError
 
 # Which config blocks decide a run's result: a resumed or reused run must agree on them.
@@ -80,29 +79,24 @@ def record_of(mode: str, config, init: dict | None = None, study: dict | None = 
 
 
 def write_json(path: str, obj) -> None:
-  """Writes `obj` as JSON through a temporary file, so a reader never sees half a file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+  """Writes `obj` as JSON, atomically: a reader never sees half a file (`storage.write_text`)."""
+  storage.write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  text = storage.read_text(path)
+  return None if text is None else json.loads(text)
 
 
 def finished(run_dir: str) -> dict | None:
   """The summary of a run that completed (summary.json is written last), else None."""
-  return read_json(os.path.join(run_dir, "summary.json"))
+  return read_json(storage.join(run_dir, "summary.json"))
 
 
 def _differences(run_dir: str, mode: str, record: dict) -> list[str] | None:
   """What differs between `record` and the run folder's config.json on what decides a `mode`
   run's result (None: there is no config.json)."""
-  saved = read_json(os.path.join(run_dir, "config.json"))
+  saved = read_json(storage.join(run_dir, "config.json"))
   if saved is None:
     return None
   old, new = _relevant(saved, mode), _relevant(record, mode)
@@ -136,8 +130,7 @@ def open_run(run_dir: str, mode: str, config, init: dict | None = None,
   current = record_of(mode, config, init, study)
   diff = _differences(run_dir, mode, current)
   _refuse(run_dir, diff)
-  if diff is None and os.path.isdir(run_dir) and any(
-      not e.startswith("seed_") for e in os.listdir(run_dir)):
+  if diff is None and any(not e.startswith("seed_") for e in storage.listdir(run_dir)):
     raise UserError(f"{run_dir} holds files but no config.json, so it is not a tlflax run: "
                     "choose another --workdir, or move that folder away")
   # Same config: keep the file (it may record the source's checkpoint). Another config but
@@ -146,11 +139,11 @@ def open_run(run_dir: str, mode: str, config, init: dict | None = None,
   if diff != [] and parallel.is_main_process():
     created = _missing_ancestors(run_dir)
     try:
-      os.makedirs(run_dir, exist_ok=True)
-      write_json(os.path.join(run_dir, "config.json"), current)
+      storage.makedirs(run_dir)
+      write_json(storage.join(run_dir, "config.json"), current)
     except OSError as e:
-      raise UserError(f"cannot write run folder {run_dir} ({e.strerror}): choose a writable "
-                      "--workdir") from e
+      raise UserError(f"cannot write run folder {run_dir} ({e.strerror or e}): choose a "
+                      "writable --workdir") from e
   parallel.sync(f"opened {run_dir}")
   return created
 
@@ -158,7 +151,7 @@ def open_run(run_dir: str, mode: str, config, init: dict | None = None,
 def record_init(run_dir: str, init: dict) -> None:
   """Completes the `init` entry of a transfer run's config.json (checkpoint and step used)."""
   if parallel.is_main_process():
-    path = os.path.join(run_dir, "config.json")
+    path = storage.join(run_dir, "config.json")
     record = read_json(path)
     record["init"] = init
     write_json(path, record)
@@ -166,7 +159,10 @@ def record_init(run_dir: str, init: dict) -> None:
 
 
 def _missing_ancestors(run_dir: str) -> list[str]:
-  """`run_dir` and those of its parents that do not exist yet, deepest first."""
+  """`run_dir` and those of its parents that do not exist yet, deepest first (on a store,
+  `run_dir` alone: its folders are prefixes, gone with their last object)."""
+  if storage.is_remote(run_dir):
+    return [] if storage.exists(run_dir) else [run_dir]
   out, d = [], os.path.abspath(run_dir)
   while not os.path.exists(d):
     out.append(d)
@@ -177,11 +173,11 @@ def _missing_ancestors(run_dir: str) -> list[str]:
 def untrained(run_dir: str) -> bool:
   """True when a run folder holds nothing but its config (and empty or only-temporary
   checkpoint folders): no step of training was ever recorded in it."""
-  for entry in os.listdir(run_dir):
-    full = os.path.join(run_dir, entry)
+  for entry in storage.listdir(run_dir):
+    full = storage.join(run_dir, entry)
     if entry.startswith("seed_") or entry in _UNTRAINED:
       continue
-    if entry == "checkpoints" and os.path.isdir(full) and not checkpoint.steps_in(full):
+    if entry == "checkpoints" and storage.isdir(full) and not checkpoint.steps_in(full):
       continue
     return False
   return True
@@ -192,14 +188,12 @@ def discard_untrained(created: list[str]) -> None:
   if not created or not parallel.is_main_process():
     return
   run_dir = created[0]
-  if not os.path.isdir(run_dir) or not untrained(run_dir) or any(
-      e.startswith("seed_") for e in os.listdir(run_dir)):
+  if not storage.isdir(run_dir) or not untrained(run_dir) or any(
+      e.startswith("seed_") for e in storage.listdir(run_dir)):
     return
-  shutil.rmtree(run_dir, ignore_errors=True)
+  storage.rmtree(run_dir)
   for parent in created[1:]:
-    try:
-      os.rmdir(parent)  # only if empty
-    except OSError:
+    if not storage.rmdir_if_empty(parent):
       break
 
 
@@ -240,7 +234,7 @@ def resolve_source(config, workdir: str) -> Source:
   checkpoint must be named by its step folder.
   """
   if not config.transfer.init_from:
-    run = os.path.abspath(os.path.join(workdir, "pretrain"))
+    run = storage.absolute(storage.join(workdir, "pretrain"))
     pretrain = config.copy_and_resolve_references()
     return Source(run, config_hash(record_of("pretrain", pretrain), "pretrain"), pretrain)
   from tlflax import weights
@@ -251,7 +245,7 @@ def resolve_source(config, workdir: str) -> Source:
     name = config.transfer.init_from
     run = name if name.startswith(weights.HUB_PREFIX) else file
     return Source(run, None, weights=file, sha256=digest)
-  path = os.path.abspath(os.path.expanduser(config.transfer.init_from))
+  path = storage.absolute(config.transfer.init_from)
   directory, step = checkpoint.locate(path)
   run = os.path.dirname(directory) if os.path.basename(directory) == "checkpoints" else directory
   named_step = os.path.basename(path).isdigit()
@@ -259,7 +253,7 @@ def resolve_source(config, workdir: str) -> Source:
     raise UserError(f"config.transfer.init_from={config.transfer.init_from} is a run that has not "
                     f"finished: finish it first, or name one of its checkpoints explicitly, e.g. "
                     f"--config.transfer.init_from={directory}/{step}")
-  record = read_json(os.path.join(run, "config.json"))
+  record = read_json(storage.join(run, "config.json"))
   digest = None
   if record is not None and record.get("mode") in RELEVANT:
     digest = config_hash(record, record["mode"])

@@ -200,7 +200,7 @@ class Trainer:
     if not self.loss_scaling:
       return {}
     skipped = float(sums["skipped"]) - (float(before["skipped"]) if before else 0.0)
-    return {"skipped_steps": int(round(skipped)), "loss_scale": float(sums["loss_scale"])}
+    return {"skipped_steps": round(skipped), "loss_scale": float(sums["loss_scale"])}
 
   def evaluate(self, state) -> dict:
     """Every evaluation example once (padded, masked batches of one shape): `{split}_loss`,
