@@ -230,7 +230,8 @@ def tiny_scratch(tmp_path_factory):
 # pytest-xdist (--dist loadfile) hands test files to idle workers in collection order. The files
 # that run longest go first, so no worker is left with a long file after the others finish.
 LONGEST_FIRST = ("test_study.py", "test_parallel.py", "test_faults.py", "test_main.py",
-                 "test_device_figures.py", "test_checkpoint.py")
+                 "test_device_figures.py", "test_storage.py", "test_checkpoint.py",
+                 "test_accumulation_float16.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -259,7 +260,9 @@ def gcs(tmp_path_factory):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   url = f"http://127.0.0.1:{port}"
-  log = open(root.parent / "gcs-server.log", "w")  # never a pipe: a full pipe stalls the server
+  # The server's output goes to a file, never a pipe: a full pipe stalls it (the wrapper's own
+  # start() pipes stderr and hangs after a few hundred requests). Open while the server runs.
+  log = open(root.parent / "gcs-server.log", "w")  # noqa: SIM115
   proc = subprocess.Popen([str(server._get_binary_path()), "-scheme", "http", "-backend",
                            "filesystem", "-filesystem-root", str(root), "-host", "127.0.0.1",
                            "-port", str(port), "-external-url", url, "-log-level", "error"],

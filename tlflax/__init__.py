@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # Before anything touches a gs:// or s3:// path: etils.epath through fsspec (see storage.py).
-from tlflax import storage as _storage  # noqa: E402, F401
+from tlflax import storage as _storage  # noqa: F401
 
 
 def load(path: str):
