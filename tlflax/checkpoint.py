@@ -27,14 +27,14 @@ from tlflax import parallel, storage
 from tlflax.errors import UserError
 
 ARRAY_ITEMS = ("params", "batch_stats", "opt_state")
-_COMMITTED = "commit_success.txt"  # orbax's mark of a finished checkpoint on an object store
+JSON_ITEMS = ("step", "rng", "data_state")
 LOSS_SCALE = "loss_scale"  # an item of float16 runs only: the dynamic loss scale's state
+_COMMITTED = "commit_success.txt"  # orbax's mark of a finished checkpoint on an object store
 
 
 def _scale_item(loss_scale) -> dict:
   """What a checkpoint keeps of flax's DynamicScale: its scale and its count of finite steps."""
   return {"scale": loss_scale.scale, "fin_steps": loss_scale.fin_steps}
-JSON_ITEMS = ("step", "rng", "data_state")
 
 
 def _handlers() -> dict:

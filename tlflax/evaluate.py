@@ -17,7 +17,6 @@ prediction gathered on the host and a dependency for three divisions.
 """
 
 import functools
-import io
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from tlflax import data as data_lib
-from tlflax import loader, parallel, pipeline, steps, storage, trainer
+from tlflax import loader, parallel, pipeline, plots, steps, storage, trainer
 from tlflax.errors import SplitError, UserError, within
 
 
@@ -196,7 +195,4 @@ def _plot(confusion: np.ndarray, names: list[str], path: str) -> None:
   ax.set_title("confusion matrix (each row sums to 1)", fontsize="medium")
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  storage.write_bytes(path, buffer.getvalue())
+  plots.write_png(plt, fig, path)

@@ -80,6 +80,11 @@ def _save(plt, fig, ax, xlabel: str, ylabel: str, path: str) -> None:
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize="small")
   fig.tight_layout()
+  write_png(plt, fig, path)
+
+
+def write_png(plt, fig, path: str) -> None:
+  """Writes `fig` as a PNG at `path`, local or on a store (`storage.write_bytes`), and closes it."""
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png")
   plt.close(fig)

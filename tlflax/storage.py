@@ -72,10 +72,6 @@ def isdir(path: str) -> bool:
   return os.path.isdir(path) if not is_remote(path) else epath(path).is_dir()
 
 
-def isfile(path: str) -> bool:
-  return os.path.isfile(path) if not is_remote(path) else epath(path).is_file()
-
-
 def listdir(path: str) -> list[str]:
   """The names in a folder ([] when there is none)."""
   if not is_remote(path):

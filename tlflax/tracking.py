@@ -15,8 +15,10 @@ is wandb's business (`wandb login` or WANDB_API_KEY); tlflax never reads or writ
 
 import hashlib
 import importlib.util
+import io
 import os
 
+from tlflax import storage
 from tlflax.errors import UserError
 
 
@@ -42,8 +44,8 @@ def _init(track, run_id: str, name: str, group: str, config: dict, job: str):
 
 
 def _run_id(path: str, kind: str) -> str:
-  """A stable wandb id for a run folder (or a workdir's report)."""
-  return hashlib.sha256(f"{kind}:{os.path.abspath(path)}".encode()).hexdigest()[:16]
+  """A stable wandb id for a run folder (or a workdir's report), wherever it is run from."""
+  return hashlib.sha256(f"{kind}:{storage.absolute(path)}".encode()).hexdigest()[:16]
 
 
 class RunTracker:
@@ -73,7 +75,7 @@ def for_run(spec, run_dir: str) -> RunTracker | None:
   if not enabled(spec.track):
     return None
   from tlflax import rundir
-  record = rundir.read_json(os.path.join(run_dir, "config.json")) or {"mode": spec.mode,
+  record = rundir.read_json(storage.join(run_dir, "config.json")) or {"mode": spec.mode,
                                                                       **spec.hparams}
   return RunTracker(spec.track, run_dir, spec.mode, record)
 
@@ -83,11 +85,13 @@ def report(track, workdir: str, report_dir: str, summary: dict) -> None:
   if not enabled(track):
     return
   import wandb
+  from PIL import Image
   workdir = workdir.rstrip("/")
   run = _init(track, _run_id(workdir, "report"), "report", os.path.basename(workdir) or workdir,
               {"workdir": workdir}, "report")
-  images = {f"report/{name[:-4]}": wandb.Image(os.path.join(report_dir, name))
-            for name in sorted(os.listdir(report_dir)) if name.endswith(".png")}
+  # The figures the report drew, read through storage: the report may be on a bucket.
+  images = {f"report/{name[:-4]}": wandb.Image(Image.open(io.BytesIO(
+      storage.read_bytes(storage.join(report_dir, name))))) for name in summary["figures"]}
   verdicts = {f"claim_{i}": f"{c['verdict']}: {c['claim']} ({c['evidence']})"
               for i, c in enumerate(summary.get("claims") or [], 1)}
   run.log(images)
