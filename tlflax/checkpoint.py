@@ -6,7 +6,8 @@ Restores always go into an abstract target carrying today's shardings.
 
 Faults: orbax writes each checkpoint into a temporary folder and renames it when complete, so a
 run killed during a save (even `kill -9`) leaves only a temporary folder, which is never loaded
-and is removed when the run resumes. A latest checkpoint that fails to restore (truncated,
+and is removed when the run resumes. On a store (`gs://`, `s3://`: no rename) it writes in place
+and marks a complete checkpoint with `commit_success.txt`; one without it is never loaded. A latest checkpoint that fails to restore (truncated,
 corrupt) is moved aside to `RUN_DIR/corrupt_checkpoints/` with a warning, and the previous one is
 used. A save that fails for lack of space ends the run with one line naming the folder; the
 checkpoints written before stay intact.
@@ -23,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from tlflax import parallel, storage
+from tlflax import parallel, s3, storage
 from tlflax.errors import UserError
 
 ARRAY_ITEMS = ("params", "batch_stats", "opt_state")
@@ -49,6 +50,19 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _manager(directory: str, **options) -> ocp.CheckpointManager:
+  """An orbax manager of `directory`, with every item's handler (so a manager opened on an
+  existing folder reads them all). On a store a finished checkpoint is marked with
+  `commit_success.txt` (orbax's default on gs://, set here for s3:// too: no rename there)."""
+  if storage.is_remote(directory):
+    options["atomicity_options"] = ocp.options.AtomicityOptions(
+        mode=ocp.options.AtomicityMode.COMMIT_FILE)
+  if str(directory).startswith("s3://"):
+    s3.enable()
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(**options),
+                               item_handlers=_handlers())
+
+
 def _selection_metric(metrics: dict) -> float:
   """What makes a checkpoint the best: validation accuracy where the run has a validation split,
   else test accuracy."""
@@ -70,11 +84,11 @@ class RunCheckpoints:
     # best_fn as well as the policy: orbax writes a checkpoint's metrics to disk only when
     # best_fn is set, and without them a reopened manager (a resumed run) forgets which
     # checkpoint was best and deletes it at the next save.
-    self._mngr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        best_fn=_selection_metric if keep_best else None, best_mode="max",
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True),
-        item_handlers=_handlers())
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+    self._mngr = _manager(self.directory, preservation_policy=policy,
+                          best_fn=_selection_metric if keep_best else None, best_mode="max",
+                          enable_async_checkpointing=async_save, create=True,
+                          cleanup_tmp_directories=True)
 
   @classmethod
   def of_run(cls, run_dir: str, checkpoint_cfg) -> "RunCheckpoints":
@@ -229,7 +243,7 @@ def restore_variables(path: str, sharding: jax.sharding.Sharding | None = None
   """params and batch_stats of the checkpoint `path` points at (see `locate`), and its name,
   placed by `sharding` (e.g. replicated over today's mesh; default: the first local device)."""
   directory, step = locate(path)
-  mngr = ocp.CheckpointManager(directory, item_handlers=_handlers())
+  mngr = _manager(directory)
   try:
     try:
       meta = mngr.item_metadata(step)

@@ -10,8 +10,8 @@ Object stores have no rename and no append. What that changes, and how it is han
 - `append_text` on a store rewrites the object with the line added (metrics files are small).
 - `move` on a store is a copy then a delete: not atomic; tlflax uses it only to set a corrupt
   checkpoint aside.
-- orbax writes checkpoints to stores itself (tensorstore), marking a finished one with
-  `commit_success.txt` instead of renaming a temporary folder.
+- orbax writes checkpoints to stores itself (tensorstore; on s3:// with the help of `s3.py`),
+  marking a finished one with `commit_success.txt` instead of renaming a temporary folder.
 Credentials are the store's own (Application Default Credentials for gs://, the AWS chain for
 s3://); tlflax reads and logs none of them.
 """
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 os.environ.setdefault("EPATH_USE_TF", "false")
 
 REMOTE = ("gs://", "s3://")
-_EXTRAS = {"gs://": ("gcsfs", "gcs")}
+_EXTRAS = {"gs://": ("gcsfs", "gcs"), "s3://": ("s3fs", "s3")}
 
 
 def is_remote(path: str) -> bool:
@@ -41,18 +41,26 @@ def epath(path: str):
 
 
 def check(path: str, what: str = "--workdir") -> None:
-  """A `UserError` when `path` is on a store tlflax cannot use: s3:// (orbax-checkpoint writes
-  checkpoints to local paths and gs:// only), or a store whose fsspec package is missing."""
+  """A `UserError` when `path` is on a store whose fsspec package is missing, or in a bucket that
+  cannot be seen: tlflax never creates a bucket (fsspec's mkdir would)."""
   import importlib.util
 
   from tlflax.errors import UserError
-  if str(path).startswith("s3://"):
-    raise UserError(f"{what}={path}: S3 is not supported (orbax-checkpoint writes checkpoints to "
-                    "local paths and gs:// only): use gs://, or mount the bucket (e.g. "
-                    "mountpoint-s3) and pass its local path")
   for prefix, (package, extra) in _EXTRAS.items():
     if str(path).startswith(prefix) and importlib.util.find_spec(package) is None:
       raise UserError(f"{what}={path} needs {package}: pip install 'tlflax[{extra}]'")
+  if not is_remote(path):
+    return
+  scheme, _, rest = str(path).partition("://")
+  bucket = f"{scheme}://{rest.split('/')[0]}"
+  try:
+    seen = epath(bucket).exists()
+  except Exception as e:
+    raise UserError(f"{what}={path}: cannot reach {bucket} ({type(e).__name__}): check the "
+                    "store's credentials and endpoint") from e
+  if not seen:
+    raise UserError(f"{what}={path}: no bucket {bucket} can be seen with these credentials and "
+                    "endpoint: create it first (tlflax creates no bucket), or check them")
 
 
 def absolute(path: str) -> str:
