@@ -164,6 +164,12 @@ def test_a_missing_bucket_is_one_line_and_is_not_created(store, request, tmp_pat
   assert result.stderr.strip().splitlines()[-1] == (
       f"tlflax: error: --workdir={store}://nobkt/w: no bucket {store}://nobkt can be seen with "
       "these credentials and endpoint: create it first (tlflax creates no bucket), or check them")
+  init = run_cli(["--mode=transfer", "--config=smoke", f"--workdir={tmp_path / 'w'}",
+                  f"--config.transfer.init_from={store}://nobkt/pretrain"], tmp_path,
+                 env=bucket["env"])
+  assert init.returncode == 2 and init.stderr.strip().splitlines()[-1].startswith(
+      f"tlflax: error: --config.transfer.init_from={store}://nobkt/pretrain: no bucket "), \
+      init.stderr[-3000:]
   assert bucket["buckets"]() == ["bkt"]
 
 

@@ -102,6 +102,7 @@ def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
     tracking.check(config.track)
     return study.write_report(workdir, config.report.include_unfinished, config.track)
   config_lib.validate(config)
+  storage.check(config.transfer.init_from, "--config.transfer.init_from")
   if mode == "config":
     print(cli_lib.describe(config), flush=True)
     return None
