@@ -7,10 +7,11 @@ Restores always go into an abstract target carrying today's shardings.
 Faults: orbax writes each checkpoint into a temporary folder and renames it when complete, so a
 run killed during a save (even `kill -9`) leaves only a temporary folder, which is never loaded
 and is removed when the run resumes. On a store (`gs://`, `s3://`: no rename) it writes in place
-and marks a complete checkpoint with `commit_success.txt`; one without it is never loaded. A latest checkpoint that fails to restore (truncated,
-corrupt) is moved aside to `RUN_DIR/corrupt_checkpoints/` with a warning, and the previous one is
-used. A save that fails for lack of space ends the run with one line naming the folder; the
-checkpoints written before stay intact.
+and marks a complete checkpoint with `commit_success.txt`; one without it is never loaded. A
+latest checkpoint that fails to restore (truncated, corrupt) is moved aside to
+`RUN_DIR/corrupt_checkpoints/` with a warning, and the previous one is used. A save that fails for
+lack of space ends the run with one line naming the folder; the checkpoints written before stay
+intact.
 """
 
 import contextlib
@@ -217,9 +218,13 @@ def steps_in(directory: str) -> list[int]:
   """Sorted steps of the checkpoint folders in `directory` (empty if there is none). On a store,
   where orbax cannot rename a finished checkpoint into place, only those it marked committed."""
   remote = storage.is_remote(directory)
-  return sorted(int(d) for d in storage.listdir(directory)
-                if d.isdigit() and storage.isdir(storage.join(directory, d))
-                and (not remote or storage.exists(storage.join(directory, d, _COMMITTED))))
+
+  def finished(name: str) -> bool:  # on a store one request: the mark implies the folder
+    if remote:
+      return storage.exists(storage.join(directory, name, _COMMITTED))
+    return storage.isdir(storage.join(directory, name))
+
+  return sorted(int(d) for d in storage.listdir(directory) if d.isdigit() and finished(d))
 
 
 def locate(path: str) -> tuple[str, int]:

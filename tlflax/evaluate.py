@@ -53,8 +53,7 @@ def phase_of(info: dict, evaluate_cfg, model_path: str):
     phase = config_lib.phase_config(evaluate_cfg.dataset, 1, image_size=info["image_size"],
                                     resize="center_crop", eval_batch_size=500)
   else:
-    phase = ml_collections.ConfigDict(config["source" if config["mode"] == "pretrain"
-                                             else "target"])
+    phase = ml_collections.ConfigDict(loader.trained_phase(config))
   phase.dataset = evaluate_cfg.dataset or phase.dataset
   phase.test_split = evaluate_cfg.split or phase.test_split
   if evaluate_cfg.batch_size:
@@ -92,8 +91,7 @@ def evaluate(model_path: str, config, workdir: str, placement=None) -> str:
   confusion_fn = placement.spmd(functools.partial(_confusion, model=model,
                                                   num_classes=loaded.num_classes), 4, split=(2,))
   confusion = trainer.evaluate_sums(confusion_fn, state, parts["test"], batches)["confusion"]
-  names = list(loaded.class_names or info["class_names"]) or [
-      str(i) for i in range(loaded.num_classes)]
+  names = list(loaded.class_names) or loader.class_names(info)  # the same number of classes
   result = {"model": model_path, "checkpoint": info.get("checkpoint") or info.get("file"),
             "dataset": phase.dataset, "split": phase.test_split, "image_size": phase.image_size,
             "mean": mean.tolist(), "std": std.tolist(), "eval_batch_size": phase.eval_batch_size,

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tlflax import data as data_lib
 from tlflax import loader, sources, storage
 
 ARTIFACT = "model.jaxexport"
@@ -33,7 +34,7 @@ def serving_function(model, info: dict):
   std = np.asarray(info["std"], np.float32)
 
   def serve(variables, images):
-    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    x = data_lib.normalize(images, mean, std)
     return jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32), -1)
 
   return serve
@@ -42,7 +43,7 @@ def serving_function(model, info: dict):
 def describe(info: dict, form: str) -> dict:
   """model.json: what goes in and out, and where the weights came from."""
   size = info["image_size"]
-  names = list(info["class_names"]) or [str(i) for i in range(info["num_classes"])]
+  names = loader.class_names(info)
   return {"format": form, "model": info["model"], "width": info["width"],
           "num_classes": info["num_classes"], "class_names": names, "image_size": size,
           "input": f"uint8 (N, {size}, {size}, 3), RGB, resized to {size}x{size}",

@@ -53,7 +53,7 @@ def _from_run(path: str):
   m = config["model"]
   model = models.create_model(m["name"], num_classes, m["width"], m["dtype"], m["conv"],
                               m.get("padding", "same"))  # runs from before the key: 'same'
-  phase = config["source" if config["mode"] == "pretrain" else "target"]
+  phase = trained_phase(config)
   stats = rundir.read_json(os.path.join(run_dir, rundir.STATS_FILE)) or {}
   summary = rundir.read_json(os.path.join(run_dir, "summary.json")) or {}
   info = {"model": m["name"], "width": m["width"], "num_classes": num_classes,
@@ -61,6 +61,19 @@ def _from_run(path: str):
           "class_names": summary.get("class_names", []), "source": path, "checkpoint": name,
           "padding": model.padding, "run": run_dir, "config": config}
   return model, restored, info
+
+
+def trained_phase(config: dict | None) -> dict:
+  """The phase block of a run's config.json that trained its model: `source` for a pretraining,
+  else `target` ({} for weights from outside a run)."""
+  if not config:
+    return {}
+  return config["source" if config["mode"] == "pretrain" else "target"]
+
+
+def class_names(info: dict) -> list[str]:
+  """The model's class names, or its class indices as names where none were recorded."""
+  return list(info["class_names"]) or [str(i) for i in range(info["num_classes"])]
 
 
 def checkpoint_path(path: str, which: str) -> str:

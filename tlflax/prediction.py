@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tlflax import data as data_lib
-from tlflax import loader, parallel, sources, steps, storage
+from tlflax import export, loader, parallel, sources, steps, storage
 from tlflax.errors import UserError
 
 
@@ -72,9 +72,8 @@ class Predictor:
     self.placement = placement or parallel.Placement.create()
     self.batch = self.placement.round_up(batch_size)
     self.variables = self.placement.replicate(jax.device_get(variables))
-    stats = {k: np.asarray(info[k], np.float32) for k in ("mean", "std")}
-    self._fn = self.placement.spmd(functools.partial(_probabilities, model=model, **stats), 2,
-                                   split=(1,))
+    serve = export.serving_function(model, info)
+    self._fn = self.placement.spmd(functools.partial(_probabilities, serve=serve), 2, split=(1,))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     out = []
@@ -88,11 +87,11 @@ class Predictor:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _probabilities(variables, images, *, model, mean, std, axis_name=None):
-  """Per shard: softmax probabilities of this shard's images, put at their positions in the
-  global batch and summed over the shards (every device then holds the whole batch's)."""
-  x = (images[0].astype(jnp.float32) / 255.0 - mean) / std
-  probs = jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32), -1)
+def _probabilities(variables, images, *, serve, axis_name=None):
+  """Per shard: the probabilities the exported model serves (`export.serving_function`) for this
+  shard's images, put at their positions in the global batch and summed over the shards (every
+  device then holds the whole batch's)."""
+  probs = serve(variables, images[0])
   size = probs.shape[0] * (jax.lax.axis_size(axis_name) if axis_name else 1)
   whole = jnp.zeros((size, probs.shape[1]), probs.dtype)
   whole = whole.at[data_lib.batch_positions(probs.shape[0], axis_name)].set(probs)
@@ -109,17 +108,11 @@ def predict(model_or_path, images, batch_size: int = 64):
     fit = sources.image_fitter(size, _resize(info))
     images = np.stack([fit(image).numpy() for image in images])
   probs = Predictor(model, variables, info, batch_size)(images.astype(np.uint8))
-  return probs, _class_names(info)
+  return probs, loader.class_names(info)
 
 
 def _resize(info: dict) -> str:
-  config = info.get("config") or {}
-  phase = config.get("source" if config.get("mode") == "pretrain" else "target") or {}
-  return phase.get("resize", "squash")
-
-
-def _class_names(info: dict) -> list[str]:
-  return list(info["class_names"]) or [str(i) for i in range(info["num_classes"])]
+  return loader.trained_phase(info["config"]).get("resize", "squash")
 
 
 def run(model_path: str, input_spec: str, config, workdir: str, placement=None) -> str:
@@ -128,7 +121,7 @@ def run(model_path: str, input_spec: str, config, workdir: str, placement=None) 
   model, variables, info = loader.load(model_path)
   images, errors = decode(files, info["image_size"], _resize(info))
   predictor = Predictor(model, variables, info, config.predict.batch_size, placement)
-  names, k = _class_names(info), min(config.predict.top_k, info["num_classes"])
+  names, k = loader.class_names(info), min(config.predict.top_k, info["num_classes"])
   from tqdm import tqdm
   probs = []
   with tqdm(total=len(files), unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
