@@ -192,6 +192,27 @@ def run_cli(args, tmp_path, timeout=600, env=None):
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def start_and_signal(args, log, when: str, sig=None, env=None):
+  """Starts `python -m tlflax.main ARGS` (stderr into the file `log`) and sends `sig` (default
+  SIGTERM) once the log shows `when`; returns (exit code, log text)."""
+  import signal
+  import subprocess
+  import time
+  full_env = {**os.environ, "TLFLAX_JAX_CACHE": JAX_CACHE, **(env or {})}
+  with open(log, "w") as err:
+    proc = subprocess.Popen([sys.executable, "-m", "tlflax.main", *args], cwd=REPO, env=full_env,
+                            stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 300
+    while when not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.02)
+    proc.send_signal(sig or signal.SIGTERM)
+    try:
+      proc.wait(timeout=300)
+    finally:
+      proc.kill()
+  return proc.returncode, log.read_text()
+
+
 # A value set in the environment of CLI runs that read datasets; it must never reach a log or file.
 SECRET = "tlflax-test-secret-7f3a9c"
 SECRET_ENV = {"TLFLAX_TEST_SECRET": SECRET}

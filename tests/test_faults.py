@@ -3,15 +3,11 @@ diverging run, each in a real CLI process, resumed and compared bitwise with an 
 of the same config. (SIGINT takes the same path with exit code 130: test_preemption.py.)"""
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import JAX_CACHE, REPO, TINY_ARGS, TINY_STEPS, run_cli
+from conftest import TINY_ARGS, TINY_STEPS, run_cli, start_and_signal
 
 STEPS = TINY_STEPS
 ARGS = TINY_ARGS
@@ -34,17 +30,8 @@ def reference(tiny_scratch):
 
 def _start_and_signal(workdir, sig, when: str, extra=()):
   """Starts the run, sends `sig` once stderr shows `when`; returns (exit code, stderr)."""
-  env = {**os.environ, "TLFLAX_JAX_CACHE": JAX_CACHE}
-  log = workdir.parent / f"{workdir.name}.log"
-  with open(log, "w") as err:
-    proc = subprocess.Popen([sys.executable, "-m", "tlflax.main", *ARGS, f"--workdir={workdir}",
-                             *extra], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 300
-    while when not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-      time.sleep(0.02)
-    proc.send_signal(sig)
-    proc.wait(timeout=300)
-  return proc.returncode, log.read_text()
+  return start_and_signal([*ARGS, f"--workdir={workdir}", *extra],
+                          workdir.parent / f"{workdir.name}.log", when, sig)
 
 
 def _one_line(stderr, prefix="tlflax:"):

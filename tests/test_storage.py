@@ -4,14 +4,12 @@ and an exact resume, the report, evaluate, two processes, nothing secret in the 
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
-from conftest import JAX_CACHE, REPO, SECRET, SECRET_ENV, TINY_ARGS, TINY_STEPS, run_cli
+from conftest import REPO, SECRET, SECRET_ENV, TINY_ARGS, TINY_STEPS, run_cli, start_and_signal
 
 STORES = pytest.mark.parametrize("store", ["gs", "s3"])
 EXACT = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -60,22 +58,6 @@ def test_storage_functions_on_the_emulated_bucket(store, request):
   assert bucket["read"]("unit/up/f.txt") == b"up"
 
 
-def _start_and_signal(args, env, log, when: str):
-  """Starts tlflax, sends SIGTERM once its log shows `when`; returns (exit code, log text)."""
-  with open(log, "w") as err:
-    proc = subprocess.Popen([sys.executable, "-m", "tlflax.main", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 300
-    while when not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-      time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    try:
-      proc.wait(timeout=300)
-    finally:
-      proc.kill()
-  return proc.returncode, log.read_text()
-
-
 @STORES
 def test_a_bucket_workdir_is_interrupted_resumes_exactly_and_reports(store, request, tiny_scratch,
                                                                      tmp_path):
@@ -85,9 +67,9 @@ def test_a_bucket_workdir_is_interrupted_resumes_exactly_and_reports(store, requ
   is evaluated into it. No secret (the marker, and on s3 the secret key) lands in the bucket."""
   bucket = _bucket(store, request)
   workdir, keys, read = f"{store}://bkt/run", bucket["keys"], bucket["read"]
-  env = {**os.environ, "TLFLAX_JAX_CACHE": JAX_CACHE, **bucket["env"], **SECRET_ENV}
-  code, stderr = _start_and_signal(TINY_ARGS + [f"--workdir={workdir}"], env,
-                                   tmp_path / "cut.log", f"epoch 2/2 step 4/{TINY_STEPS}")
+  code, stderr = start_and_signal(TINY_ARGS + [f"--workdir={workdir}"], tmp_path / "cut.log",
+                                  f"epoch 2/2 step 4/{TINY_STEPS}",
+                                  env={**bucket["env"], **SECRET_ENV})
   assert code == 143, stderr[-3000:]
   assert f"saved {workdir}/scratch/checkpoints/" in stderr
   assert "run/scratch/config.json" in keys("run/") and "run/scratch/summary.json" not in keys("run/")
