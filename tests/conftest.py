@@ -156,7 +156,7 @@ def tfds_data(tmp_path_factory):
   Only the download step is replaced: it hands tfds our archive instead of fetching the URL;
   tfds itself extracts it and parses the binary records.
   """
-  from tlflax import sources
+  from tlflax.data import sources
   tfds = sources.import_tfds()
   import promise
   from etils import epath

@@ -21,9 +21,15 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from runspecs import run_spec
 
-from tlflax import checkpoint, data, models, optim, parallel, steps, train
+from tlflax.io import checkpoint
+from tlflax.data import task as task_lib
+from tlflax.models import resnet
+from tlflax.train import optim
+from tlflax import parallel
+from tlflax.train import steps
+from tlflax.train import run as run_lib
 from tlflax import config as config_lib
-from tlflax import trainer as trainer_lib
+from tlflax.train import epochs as epochs_lib
 from tlflax.config import phase_config
 from tlflax.errors import UserError
 
@@ -73,14 +79,14 @@ def steps_check(task, reference, placements) -> dict:
   model and optimizer `fit` builds (the persistent cache then shares the compiled steps with the
   fits below). The head bias starts at 0, so weight decay adds nothing to its first update: the
   ratio of first updates is the ratio of gradients."""
-  shapes = models.variable_shapes(MODEL, 10, (16, 16, 3))
+  shapes = resnet.variable_shapes(MODEL, 10, (16, 16, 3))
   setup = optim.policy_setup("none", run_spec(PHASE, MODEL),
                              optim.learning_rate_schedule(PHASE, PHASE.epochs, 4), 10,
                              shapes["params"])
-  variables = jax.device_get(models.init_variables(MODEL, 10, (16, 16, 3), 0))
-  host_data = {**data.device_data(task.train, task.mean, task.std),
+  variables = jax.device_get(resnet.init_variables(MODEL, 10, (16, 16, 3), 0))
+  host_data = {**task_lib.device_data(task.train, task.mean, task.std),
                "aug_key": jax.random.key_data(jax.random.key(3))}
-  table = data.epoch_rows(jax.random.key(1), 0, len(task.train), PHASE.batch_size)
+  table = task_lib.epoch_rows(jax.random.key(1), 0, len(task.train), PHASE.batch_size)
 
   def run(place):
     state = place.jit_replicated(functools.partial(steps.create_train_state, setup.tx))(
@@ -119,10 +125,10 @@ def steps_check(task, reference, placements) -> dict:
 def batch_check(task) -> dict:
   """The global batch built by 8 shards (each its own block) vs by one device."""
   place = parallel.Placement.create("shard_map")
-  host_data = data.device_data(task.train, task.mean, task.std)
-  table = data.epoch_rows(jax.random.key(1), 0, len(task.train), 32)
+  host_data = task_lib.device_data(task.train, task.mean, task.std)
+  table = task_lib.epoch_rows(jax.random.key(1), 0, len(task.train), 32)
   key = jax.random.key(5)
-  build = functools.partial(data.shard_train_batch, crop_padding=2, flip=True)
+  build = functools.partial(task_lib.shard_train_batch, crop_padding=2, flip=True)
   whole = jax.jit(functools.partial(build, axis_name=None))(host_data, table[0], key)
   sharded = jax.jit(jax.shard_map(
       lambda d, rows, k: build(d, rows[0], k, axis_name=parallel.AXIS), mesh=place.mesh,
@@ -144,7 +150,7 @@ STREAM = config_lib.data_config(pipeline="stream")
 def _fit(task, place, run_dir, interrupt=False, data_cfg=None):
   """Two epochs; with `interrupt`, dies during epoch 2's evaluation (epoch 1 is checkpointed).
   `data_cfg`: config.data (None: the splits on the devices)."""
-  real = trainer_lib.evaluate
+  real = epochs_lib.evaluate
   calls = []
 
   def evaluate(*args, **kwargs):
@@ -153,15 +159,15 @@ def _fit(task, place, run_dir, interrupt=False, data_cfg=None):
       raise Interrupt
     return real(*args, **kwargs)
 
-  trainer_lib.evaluate = evaluate
+  epochs_lib.evaluate = evaluate
   try:
-    return train.fit(run_spec(PHASE, MODEL, checkpoint={"keep": 3, "async_save": True},
+    return run_lib.fit(run_spec(PHASE, MODEL, checkpoint={"keep": 3, "async_save": True},
                               log_every_steps=100, data=data_cfg), task, run_dir,
                      placement=place)
   except Interrupt:
     return None
   finally:
-    trainer_lib.evaluate = real
+    epochs_lib.evaluate = real
 
 
 def resume_check(task, root, one, eight, pmap8) -> dict:
@@ -209,9 +215,9 @@ def resume_check(task, root, one, eight, pmap8) -> dict:
 
 def tiny_on_four_devices(root: str) -> list[dict]:
   """The multi-process test's reference: its run in one process on 4 devices."""
-  from tlflax import runner as cli
+  from tlflax.train import phase as phase_lib
   four = parallel.Placement.create("shard_map", devices=jax.devices()[:4])
-  cli.run_phase("scratch", tiny_config(), f"{root}/four", placement=four)
+  phase_lib.run_phase("scratch", tiny_config(), f"{root}/four", placement=four)
   with open(f"{root}/four/scratch/metrics.jsonl") as f:
     return [json.loads(line) for line in f]
 
@@ -219,7 +225,7 @@ def tiny_on_four_devices(root: str) -> list[dict]:
 def batch_error_check(task, eight) -> str:
   bad = phase_config("synthetic10", 1, batch_size=100, image_size=16)
   try:
-    train.fit(run_spec(bad, MODEL), task, "/nonexistent/never-created", placement=eight)
+    run_lib.fit(run_spec(bad, MODEL), task, "/nonexistent/never-created", placement=eight)
   except UserError as e:
     return str(e)
   return ""
@@ -228,7 +234,7 @@ def batch_error_check(task, eight) -> str:
 def main(out_path: str, cache: str) -> None:
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  task = data.load_task(PHASE, None, seed=0)
+  task = task_lib.load_task(PHASE, None, seed=0)
   one = parallel.Placement.create("shard_map", devices=jax.devices()[:1])
   eight = parallel.Placement.create("shard_map")
   pmap8 = parallel.Placement.create("pmap")

@@ -2,7 +2,7 @@
 phase, model and transfer blocks (imported by the tests and by multidevice_checks.py)."""
 
 from tlflax import config as config_lib
-from tlflax import spec as spec_lib
+from tlflax.train import spec as spec_lib
 
 
 def run_spec(phase, model, *, transfer=None, seed: int = 0, checkpoint: dict | None = None,

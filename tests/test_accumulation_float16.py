@@ -11,7 +11,14 @@ import optax
 import pytest
 from runspecs import run_spec
 
-from tlflax import checkpoint, data, models, optim, preemption, spec, steps, train
+from tlflax.io import checkpoint
+from tlflax.data import task as task_lib
+from tlflax.models import resnet
+from tlflax.train import optim
+from tlflax.train import preemption
+from tlflax.train import spec
+from tlflax.train import steps
+from tlflax.train import run as run_lib
 from tlflax import config as config_lib
 from tlflax.errors import Stopped
 
@@ -19,7 +26,7 @@ MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
 
 
 def _variables():
-  return models.init_variables(MODEL, 10, (16, 16, 3), 0)
+  return resnet.init_variables(MODEL, 10, (16, 16, 3), 0)
 
 
 def _batches(n=64, seed=1):
@@ -89,13 +96,13 @@ class _OneDevice:
 
 
 def _scaled_state(model, tx, scale):
-  variables = models.init_model(model, jax.random.key(0), (16, 16, 3))
+  variables = resnet.init_model(model, jax.random.key(0), (16, 16, 3))
   state = steps.create_train_state(tx, variables, loss_scaling=True)
   return state.replace(loss_scale=state.loss_scale.replace(scale=jnp.float32(scale)))
 
 
 def test_float16_loss_scaling_skips_overflowing_steps_backs_off_recovers_and_learns():
-  model = models.create_model("resnet10", 10, width=4, dtype="float16")
+  model = resnet.create_model("resnet10", 10, width=4, dtype="float16")
   tx = optax.sgd(0.05, momentum=0.9)
   state = _scaled_state(model, tx, 2.0 ** 40)  # float16 gradients overflow at this scale
   state = state.replace(loss_scale=state.loss_scale.replace(growth_interval=3))
@@ -123,7 +130,7 @@ def test_float16_loss_scaling_skips_overflowing_steps_backs_off_recovers_and_lea
 
 
 def test_a_nonfinite_step_at_the_lowest_scale_is_divergence():
-  model = models.create_model("resnet10", 10, width=4, dtype="float16")
+  model = resnet.create_model("resnet10", 10, width=4, dtype="float16")
   tx = optax.sgd(0.05)
   state = _scaled_state(model, tx, 1.0)
   images, labels = _batches(8)
@@ -139,7 +146,7 @@ PHASE = config_lib.phase_config("synthetic10", 2, train_split="train[:64]", test
 
 
 def _fit(task, run_dir):
-  return train.fit(run_spec(PHASE, FP16, log_every_steps=1,
+  return run_lib.fit(run_spec(PHASE, FP16, log_every_steps=1,
                             checkpoint={"keep": 1, "keep_best": False}), task, str(run_dir))
 
 
@@ -148,7 +155,7 @@ def test_a_float16_run_with_accumulation_records_its_scale_and_resumes_exactly(t
   """Stopped after step 3, halfway through an accumulated update, and resumed: the same
   parameters, optimizer state, loss scale and metrics as the run that was not stopped; the
   checkpoints keep float32 parameters and the scale."""
-  task = data.load_task(PHASE, None, seed=0)
+  task = task_lib.load_task(PHASE, None, seed=0)
   whole = _fit(task, tmp_path / "whole")
   assert [r["epoch"] for r in whole.history] == [1, 2]
   for record in whole.history:

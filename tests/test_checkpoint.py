@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from runspecs import run_spec
 
-from tlflax import checkpoint, data, train
+from tlflax.io import checkpoint
+from tlflax.data import task as task_lib
+from tlflax.train import run as run_lib
 from tlflax import config as config_lib
-from tlflax import trainer as trainer_lib
+from tlflax.train import epochs as epochs_lib
 
 MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
 PHASE = config_lib.phase_config("synthetic10", 3, train_split="train[:96]", test_split="test[:24]",
@@ -23,7 +25,7 @@ CKPT = {"keep": 1, "keep_best": True, "every_epochs": 1, "async_save": True}
 
 @pytest.fixture(scope="module")
 def task():
-  return data.load_task(PHASE, None, seed=0)
+  return task_lib.load_task(PHASE, None, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ class Interrupt(Exception):
 
 
 def _fit(task, run_dir):
-  return train.fit(run_spec(PHASE, MODEL, transfer=TRANSFER, checkpoint=CKPT, log_every_steps=1),
+  return run_lib.fit(run_spec(PHASE, MODEL, transfer=TRANSFER, checkpoint=CKPT, log_every_steps=1),
                    task, str(run_dir))
 
 
@@ -87,7 +89,7 @@ def test_the_best_checkpoint_is_chosen_by_validation_accuracy_when_there_is_one(
 
 def test_resume_with_other_data_is_refused(whole):
   run_dir, _ = whole
-  other = data.load_task(config_lib.phase_config("synthetic10", 3, train_split="train[:64]",
+  other = task_lib.load_task(config_lib.phase_config("synthetic10", 3, train_split="train[:64]",
                                                  test_split="test[:24]", image_size=16), None, 0)
   from tlflax.errors import UserError
   with pytest.raises(UserError, match="was checkpointed with 96 training examples"):
@@ -99,7 +101,7 @@ def test_stop_requests_save_mid_epoch_and_the_resumes_are_exact(task, whole, tmp
   """Stopped after step 3 (epoch 1 trained, not yet evaluated), resumed and stopped again after
   step 7 (inside epoch 3, after the unfreeze changed the optimizer's layout), resumed to the end:
   the same parameters and metrics as the uninterrupted run."""
-  from tlflax import preemption
+  from tlflax.train import preemption
   from tlflax.errors import Stopped
   _, whole = whole
   run_dir = tmp_path / "cut"
@@ -130,11 +132,11 @@ def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, t
   _, whole = whole
 
   def fit(run_dir):
-    return train.fit(run_spec(PHASE, MODEL, transfer=TRANSFER,
+    return run_lib.fit(run_spec(PHASE, MODEL, transfer=TRANSFER,
                               checkpoint={**CKPT, "every_epochs": 2}, eval_every_epochs=2,
                               log_every_steps=1), task, str(run_dir))
 
-  real_evaluate = trainer_lib.evaluate
+  real_evaluate = epochs_lib.evaluate
   calls = []
 
   def evaluate_then_die(*args, **kwargs):
@@ -143,7 +145,7 @@ def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, t
       raise Interrupt
     return real_evaluate(*args, **kwargs)
 
-  monkeypatch.setattr(trainer_lib, "evaluate", evaluate_then_die)
+  monkeypatch.setattr(epochs_lib, "evaluate", evaluate_then_die)
   with pytest.raises(Interrupt):
     fit(tmp_path / "cut")
   monkeypatch.undo()

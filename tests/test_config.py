@@ -5,7 +5,7 @@ import pathlib
 import pytest
 from conftest import run_cli
 
-from tlflax import cli
+from tlflax.config import cli
 from tlflax import config as config_lib
 from tlflax.errors import UserError
 
@@ -93,10 +93,10 @@ def test_the_config_reference_in_docs_is_generated_from_the_tables():
 
 
 def test_the_imagenet_config_fine_tunes_a_resnet50_from_hub_weights():
-  from tlflax import study
+  from tlflax.study import experiments
   config = _load("imagenet_to_cifar100")
   config_lib.validate(config)
-  study.check_arm_rules(config)
+  experiments.check_arm_rules(config)
   assert (config.model.name, config.transfer.init_from) == ("resnet50_imagenet",
                                                             "hf://timm/resnet50.tv_in1k")
   assert (config.target.image_size, config.target.learning_rate) == (128, 0.01)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from tlflax import conv, models, steps
+from tlflax.models import conv
+from tlflax.models import resnet
+from tlflax.train import steps
 from tlflax.errors import UserError
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -78,8 +80,8 @@ def test_resnet_train_gradients_equal_with_either_convolution():
   labels = jnp.arange(4) % 10
   grads = {}
   for impl in ("xla", "gemm"):
-    model = models.create_model("resnet10", 10, width=4, conv=impl)
-    variables = models.init_model(model, 0, x.shape[1:])
+    model = resnet.create_model("resnet10", 10, width=4, conv=impl)
+    variables = resnet.init_model(model, 0, x.shape[1:])
 
     def loss(params, model=model, variables=variables):
       logits, _ = model.apply({**variables, "params": params}, x, train=True,
@@ -93,8 +95,8 @@ def test_resnet_train_gradients_equal_with_either_convolution():
 
 def test_auto_resolves_by_backend_and_unknown_is_a_user_error():
   assert conv.resolve("auto") == ("gemm" if jax.default_backend() == "cpu" else "xla")
-  assert models.create_model("resnet10", 10, width=4, conv="xla").conv_fn is None
-  assert models.create_model("resnet10", 10, width=4, conv="gemm").conv_fn is \
+  assert resnet.create_model("resnet10", 10, width=4, conv="xla").conv_fn is None
+  assert resnet.create_model("resnet10", 10, width=4, conv="gemm").conv_fn is \
       conv.conv_general_dilated
   with pytest.raises(UserError, match="model.conv 'fast'.*auto, xla, gemm"):
-    models.create_model("resnet10", 10, conv="fast")
+    resnet.create_model("resnet10", 10, conv="fast")

@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tlflax import data
+from tlflax.data import task as task_lib
 from tlflax.errors import UserError
 
 
 def test_synthetic_is_deterministic_per_seed_and_slices_are_prefixes():
-  a = data.synthetic_split("synthetic100", "train[:600]", seed=3)
-  b = data.synthetic_split("synthetic100", "train[:600]", seed=3)
-  c = data.synthetic_split("synthetic100", "train[:600]", seed=4)
-  part = data.synthetic_split("synthetic100", "train[300:400]", seed=3)
+  a = task_lib.synthetic_split("synthetic100", "train[:600]", seed=3)
+  b = task_lib.synthetic_split("synthetic100", "train[:600]", seed=3)
+  c = task_lib.synthetic_split("synthetic100", "train[:600]", seed=4)
+  part = task_lib.synthetic_split("synthetic100", "train[300:400]", seed=3)
   np.testing.assert_array_equal(a.images, b.images)
   np.testing.assert_array_equal(a.labels, b.labels)
   assert np.mean(a.images != c.images) > 0.5
@@ -25,7 +25,7 @@ def test_synthetic_is_deterministic_per_seed_and_slices_are_prefixes():
 
 @pytest.mark.parametrize("name,classes", [("synthetic10", 10), ("synthetic100", 100)])
 def test_synthetic_shapes_and_label_range(name, classes):
-  split = data.synthetic_split(name, "test[:1000]")
+  split = task_lib.synthetic_split(name, "test[:1000]")
   assert split.images.shape == (1000, 32, 32, 3) and split.images.dtype == np.uint8
   assert split.labels.dtype == np.int32
   assert split.labels.min() >= 0 and split.labels.max() == classes - 1
@@ -34,13 +34,13 @@ def test_synthetic_shapes_and_label_range(name, classes):
 
 def test_synthetic_classes_share_primitives():
   """A 100-class image (a, b) shows the colours of 10-class images a and b."""
-  ten = data.synthetic_split("synthetic10", "train[:2000]")
-  hundred = data.synthetic_split("synthetic100", "train[:2000]")
-  prims = data._primitives()
+  ten = task_lib.synthetic_split("synthetic10", "train[:2000]")
+  hundred = task_lib.synthetic_split("synthetic100", "train[:2000]")
+  prims = task_lib._primitives()
   for split, classes in ((ten, 10), (hundred, 100)):
     for label in (0, 7) if classes == 10 else (7, 70):
       image = split.images[split.labels == label][0].astype(float) / 255
-      first, second, _ = data._class_primitives(classes, label)
+      first, second, _ = task_lib._class_primitives(classes, label)
       for k in (first, second):
         colour = prims[k, 0, 0, :3]
         # the primitive's colour (scaled by a gain in [0.65, 1]) appears somewhere in the image
@@ -53,41 +53,41 @@ def test_synthetic_classes_share_primitives():
     ("train", (0, 50_000)), ("test[:500]", (0, 500)), ("train[10%:20%]", (5000, 10000)),
     ("test[-100:]", (9900, 10000))])
 def test_split_strings(split, expected):
-  assert data._slice_bounds(split, data.SYNTHETIC_SIZES)[1:] == expected
+  assert task_lib._slice_bounds(split, task_lib.SYNTHETIC_SIZES)[1:] == expected
 
 
 @pytest.mark.parametrize("split", ["validation", "train[5:5]", "train[:x]"])
 def test_bad_split_strings_are_user_errors(split):
   with pytest.raises(UserError):
-    data.synthetic_split("synthetic10", split)
+    task_lib.synthetic_split("synthetic10", split)
 
 
 def test_balanced_subset_takes_k_per_class_deterministically():
-  split = data.synthetic_split("synthetic10", "train[:1000]")
-  a = data.balanced_subset(split, 7, 10, seed=1)
-  b = data.balanced_subset(split, 7, 10, seed=1)
-  c = data.balanced_subset(split, 7, 10, seed=2)
+  split = task_lib.synthetic_split("synthetic10", "train[:1000]")
+  a = task_lib.balanced_subset(split, 7, 10, seed=1)
+  b = task_lib.balanced_subset(split, 7, 10, seed=1)
+  c = task_lib.balanced_subset(split, 7, 10, seed=2)
   assert np.bincount(a.labels, minlength=10).tolist() == [7] * 10
   np.testing.assert_array_equal(a.images, b.images)
   assert not np.array_equal(a.images, c.images)
   with pytest.raises(UserError, match="examples_per_class"):
-    data.balanced_subset(split, 1000, 10, seed=0)
+    task_lib.balanced_subset(split, 1000, 10, seed=0)
 
 
 def test_adapt_images_grey_to_rgb_and_resize():
   grey = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
-  out = data.adapt_images(grey, 32)
+  out = task_lib.adapt_images(grey, 32)
   assert out.shape == (5, 32, 32, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(out[..., 0], out[..., 2])
-  same = data.adapt_images(np.repeat(grey, 3, -1), 28)
+  same = task_lib.adapt_images(np.repeat(grey, 3, -1), 28)
   np.testing.assert_array_equal(same, np.repeat(grey, 3, -1))  # right size: untouched
-  flat = data.adapt_images(np.full((2, 28, 28, 3), 77, np.uint8), 32)
+  flat = task_lib.adapt_images(np.full((2, 28, 28, 3), 77, np.uint8), 32)
   assert np.all(flat == 77)  # resizing a constant image keeps it constant
 
 
 def test_channel_stats_match_numpy():
   images = np.random.default_rng(0).integers(0, 256, (9000, 4, 4, 3), dtype=np.uint8)
-  mean, std = data.channel_stats(images)
+  mean, std = task_lib.channel_stats(images)
   ref = images.reshape(-1, 3) / 255.0
   np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-6)
   np.testing.assert_allclose(std, ref.std(0), rtol=1e-5)
@@ -97,7 +97,7 @@ def _batch_of(images, **kw):
   n = len(images)
   on_device = {"images": jnp.asarray(images), "labels": jnp.arange(n, dtype=jnp.int32),
                "mean": jnp.zeros(3), "std": jnp.ones(3) / 255.0}
-  batch = jax.jit(functools.partial(data.shard_train_batch, axis_name=None, **kw))(
+  batch = jax.jit(functools.partial(task_lib.shard_train_batch, axis_name=None, **kw))(
       on_device, jnp.arange(n), jax.random.key(0))
   return np.asarray(batch["image"]).round().astype(np.int64)  # undoes the /255 normalisation
 
@@ -127,14 +127,14 @@ def test_crop_is_a_shifted_window_of_the_zero_padded_image():
 
 
 def test_eval_batches_are_untouched_and_masked():
-  split = data.synthetic_split("synthetic10", "test[:37]")
-  mean, std = data.channel_stats(split.images)
-  padded = data.pad_for_eval(split, 16)
+  split = task_lib.synthetic_split("synthetic10", "test[:37]")
+  mean, std = task_lib.channel_stats(split.images)
+  padded = task_lib.pad_for_eval(split, 16)
   assert len(padded) == 48
-  on_device = data.device_data(padded, mean, std)
+  on_device = task_lib.device_data(padded, mean, std)
   seen = 0
   for i in range(3):
-    batch = data.shard_eval_batch(on_device, jnp.arange(i * 16, (i + 1) * 16))
+    batch = task_lib.shard_eval_batch(on_device, jnp.arange(i * 16, (i + 1) * 16))
     mask = np.asarray(batch["mask"])
     real = split.images[i * 16:(i + 1) * 16]
     expected = (real / 255.0 - mean) / std
@@ -146,18 +146,18 @@ def test_eval_batches_are_untouched_and_masked():
 
 def test_epoch_rows_are_a_seeded_permutation_without_the_remainder():
   key = jax.random.key(0)
-  rows = data.epoch_rows(key, 3, 100, 32)
+  rows = task_lib.epoch_rows(key, 3, 100, 32)
   assert rows.shape == (3, 32) and rows.dtype == np.int32
   assert len(np.unique(rows)) == 96 and rows.min() >= 0 and rows.max() < 100
-  np.testing.assert_array_equal(rows, data.epoch_rows(key, 3, 100, 32))
-  assert not np.array_equal(rows, data.epoch_rows(key, 4, 100, 32))
+  np.testing.assert_array_equal(rows, task_lib.epoch_rows(key, 3, 100, 32))
+  assert not np.array_equal(rows, task_lib.epoch_rows(key, 4, 100, 32))
 
 
 def test_load_task_synthetic_normalises_with_train_statistics():
   from tlflax.config import phase_config
   phase = phase_config("synthetic10", 1, train_split="train[:512]", test_split="test[:64]",
                        examples_per_class=20)
-  task = data.load_task(phase, None, seed=0)
+  task = task_lib.load_task(phase, None, seed=0)
   assert task.num_classes == 10 and len(task.train) == 200 and len(task.test) == 64
   norm = (task.train.images / 255.0 - task.mean) / task.std
   np.testing.assert_allclose(norm.reshape(-1, 3).mean(0), 0, atol=1e-5)
@@ -171,7 +171,7 @@ def test_batches_follow_the_epoch_permutation_and_each_step_augments_anew(monkey
 
   import jax.numpy as jnp
 
-  from tlflax import steps
+  from tlflax.train import steps
 
   def capture(state, batch, **kw):  # stands in for the model's step: returns its batch
     del kw
@@ -181,8 +181,8 @@ def test_batches_follow_the_epoch_permutation_and_each_step_augments_anew(monkey
   n, bs = 40, 8
   labels = np.arange(n, dtype=np.int32)  # label = example index: shows which rows came
   images = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-  split = data.Split(images, labels)
-  on_device = data.device_data(split, np.zeros(3), np.ones(3))
+  split = task_lib.Split(images, labels)
+  on_device = task_lib.device_data(split, np.zeros(3), np.ones(3))
   on_device["aug_key"] = np.asarray(jax.random.key_data(jax.random.key(7)))
   step_fn = jax.jit(functools.partial(steps.train_step_on_data, model=None, tx=None,
                                       crop_padding=2, flip=True))
@@ -190,7 +190,7 @@ def test_batches_follow_the_epoch_permutation_and_each_step_augments_anew(monkey
   per_epoch = n // bs
 
   def batch_at(step):
-    rows = data.epoch_rows(order_key, step // per_epoch, n, bs)
+    rows = task_lib.epoch_rows(order_key, step // per_epoch, n, bs)
     state = steps.TrainState(step=jnp.asarray(step, jnp.int32), params={}, batch_stats={},
                              opt_state={})
     _, batch = step_fn(state, on_device, jnp.asarray(rows))

@@ -100,7 +100,7 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_exactly_like_the_device_path(t
   stderr = _resume(workdir, stream)
   assert "resuming from" in stderr and "in epoch 2, after" in stderr
   assert _exact(_records(workdir)) == reference
-  from tlflax import monitor
+  from tlflax.train import monitor
   windows = monitor.read_steps(str(workdir / "scratch"))
   want = monitor.read_steps(str(tiny_scratch[0] / "scratch"))
   assert [w["step"] for w in windows] == list(range(1, 2 * STEPS + 1))  # every step, once
@@ -141,7 +141,7 @@ def test_a_diverging_run_stops_with_exit_3_and_saves_no_nan(tmp_path):
     import jax
     import numpy as np
 
-    from tlflax import checkpoint
+    from tlflax.io import checkpoint
     params, _ = checkpoint.restore_variables(str(ckpt_dir / str(saved[-1])))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
   shutil.rmtree(workdir)

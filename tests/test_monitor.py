@@ -3,7 +3,7 @@
 import io
 import logging
 
-from tlflax.monitor import MetricsWriter, Progress, read_metrics
+from tlflax.train.monitor import MetricsWriter, Progress, read_metrics
 
 
 class FakeTerminal(io.StringIO):
@@ -74,7 +74,7 @@ def test_metrics_round_trip(tmp_path):
 def test_events_are_kept_apart_and_a_resume_rewrites_tensorboard(tmp_path):
   from test_main import _event_scalars
 
-  from tlflax import monitor
+  from tlflax.train import monitor
   writer = MetricsWriter(str(tmp_path))
   for epoch in (1, 2, 3):
     writer.write({"epoch": epoch, "step": 10 * epoch, "test_loss": 1.0 / epoch})
@@ -114,7 +114,7 @@ def _summary_tags(run_dir) -> dict:
 def test_training_windows_and_hparams_reach_tensorboard_and_a_resume_cuts_them(tmp_path):
   from test_main import _event_scalars
 
-  from tlflax import monitor
+  from tlflax.train import monitor
   hparams = {"target.learning_rate": 0.1, "model.name": "resnet18", "transfer.lr_mult": []}
   writer = MetricsWriter(str(tmp_path), hparams=hparams)
   for step in (8, 16, 24, 32):

@@ -6,12 +6,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tlflax import data, parallel, pipeline
+from tlflax.data import task as task_lib
+from tlflax import parallel
+from tlflax.data import feeds
 
 
 def _task(n=100, size=8):
-  split = data.Split(np.zeros((n, size, size, 3), np.uint8), np.zeros(n, np.int32))
-  return data.Task("t", split, data.Split(split.images[:10], split.labels[:10]), 2,
+  split = task_lib.Split(np.zeros((n, size, size, 3), np.uint8), np.zeros(n, np.int32))
+  return task_lib.Task("t", split, task_lib.Split(split.images[:10], split.labels[:10]), 2,
                    np.zeros(3, np.float32), np.ones(3, np.float32))
 
 
@@ -22,28 +24,28 @@ def _cfg(pipeline="auto", budget=0.0):
 
 def test_a_task_streams_only_when_it_exceeds_the_device_budget():
   task, place = _task(), parallel.Placement.create()
-  need = pipeline.task_device_bytes(task)
+  need = feeds.task_device_bytes(task)
   assert need == 110 * (8 * 8 * 3 + 4)
-  assert pipeline.choose(_cfg(budget=need / 2**30), task, place)[0] == "device"
-  kind, why = pipeline.choose(_cfg(budget=(need - 1) / 2**30), task, place)
+  assert feeds.choose(_cfg(budget=need / 2**30), task, place)[0] == "device"
+  kind, why = feeds.choose(_cfg(budget=(need - 1) / 2**30), task, place)
   assert kind == "stream" and why == "0.0 MiB of images > the device budget of 0.0 MiB"  # 21 kB
-  assert (pipeline._size(2**31), pipeline._size(5 * 2**20)) == ("2.00 GiB", "5.0 MiB")
-  assert pipeline.choose(_cfg("device", budget=1e-9), task, place) == ("device",
-                                                                      "data.pipeline='device'")
-  assert pipeline.choose(_cfg("stream"), task, place)[0] == "stream"
-  auto = pipeline.device_budget_bytes(0.0, place)  # CPU: a quarter of the host's share
-  assert 0 < auto < 2**50 and pipeline.choose(_cfg(), task, place)[0] == "device"
+  assert (feeds._size(2**31), feeds._size(5 * 2**20)) == ("2.00 GiB", "5.0 MiB")
+  assert feeds.choose(_cfg("device", budget=1e-9), task, place) == ("device",
+                                                                      "task_lib.pipeline='device'")
+  assert feeds.choose(_cfg("stream"), task, place)[0] == "stream"
+  auto = feeds.device_budget_bytes(0.0, place)  # CPU: a quarter of the host's share
+  assert 0 < auto < 2**50 and feeds.choose(_cfg(), task, place)[0] == "device"
 
 
 def test_streamed_batches_hold_the_rows_of_the_epoch_table_and_padded_evaluation():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (50, 4, 4, 3), dtype=np.uint8)
   labels = np.arange(50, dtype=np.int32)
-  train = data.Split(images, labels)
-  test = data.Split(images[:7], labels[:7])
-  task = data.Task("t", train, test, 50, np.zeros(3, np.float32), np.ones(3, np.float32),
-                   val=data.Split(images[7:10], labels[7:10]))
-  feed = pipeline.StreamFeed(parallel.Placement.create(), task, eval_batch_size=4)
+  train = task_lib.Split(images, labels)
+  test = task_lib.Split(images[:7], labels[:7])
+  task = task_lib.Task("t", train, test, 50, np.zeros(3, np.float32), np.ones(3, np.float32),
+                   val=task_lib.Split(images[7:10], labels[7:10]))
+  feed = feeds.StreamFeed(parallel.Placement.create(), task, eval_batch_size=4)
   table = np.array([[3, 1, 4, 1], [5, 9, 2, 6]], np.int32)
   got = [np.asarray(b["labels"])[0].tolist() for _, b in feed.train_batches(table, first=1)]
   assert got == [[5, 9, 2, 6]]  # resumed after step 1: only step 2's rows
@@ -62,9 +64,9 @@ def test_prefetching_passes_errors_on_and_stops_its_thread_when_left_early():
     return i
 
   with pytest.raises(ValueError, match="bad batch 3"):
-    list(pipeline._prefetched(make, 5, 2))
+    list(feeds._prefetched(make, 5, 2))
   before = threading.active_count()
-  it = pipeline._prefetched(lambda i: i, 1000, 2)
+  it = feeds._prefetched(lambda i: i, 1000, 2)
   assert [next(it), next(it)] == [0, 1]
   it.close()
   assert threading.active_count() == before

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from tlflax import preemption
+from tlflax.train import preemption
 
 
 @pytest.fixture

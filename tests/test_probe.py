@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 from runspecs import run_spec
 
-from tlflax import checkpoint, data, models, optim, parallel, probe, steps, train
+from tlflax.io import checkpoint
+from tlflax.data import task as task_lib
+from tlflax.models import resnet
+from tlflax.train import optim
+from tlflax import parallel
+from tlflax.train import probe
+from tlflax.train import steps
+from tlflax.train import run as run_lib
 from tlflax import config as config_lib
-from tlflax import trainer as trainer_lib
+from tlflax.train import epochs as epochs_lib
 from tlflax.errors import UserError
 
 MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
@@ -25,12 +32,12 @@ def _phase(epochs=2, **kw):
 
 @pytest.fixture(scope="module")
 def task():
-  return data.load_task(_phase(), None, seed=0)
+  return task_lib.load_task(_phase(), None, seed=0)
 
 
 def _fit(task, run_dir, phase, cache, **transfer):
   cfg = config_lib.transfer_config(freeze="backbone", cache_features=cache, **transfer)
-  return train.fit(run_spec(phase, MODEL, transfer=cfg, log_every_steps=1,
+  return run_lib.fit(run_spec(phase, MODEL, transfer=cfg, log_every_steps=1,
                             checkpoint={"keep": 1, "async_save": True}), task, str(run_dir))
 
 
@@ -58,15 +65,15 @@ def test_cached_probe_trains_as_the_uncached_probe(task, tmp_path, cache, augmen
 
 def test_a_cached_step_costs_a_small_fraction_of_an_uncached_one(task):
   phase = _phase()
-  variables = models.init_variables(MODEL, 10, (16, 16, 3), 0)
+  variables = resnet.init_variables(MODEL, 10, (16, 16, 3), 0)
   spec = run_spec(phase, MODEL, transfer=config_lib.transfer_config(freeze="backbone"))
   setup = optim.policy_setup("backbone", spec, optim.learning_rate_schedule(phase, 2, 3), 10,
                              variables["params"], note=print)
   state = steps.create_train_state(setup.tx, variables)
   placement = parallel.Placement.create()
-  train_data = placement.replicate(data.device_data(task.train, task.mean, task.std))
+  train_data = placement.replicate(task_lib.device_data(task.train, task.mean, task.std))
   train_data["aug_key"] = placement.replicate(np.zeros(2, np.uint32))
-  rows = placement.rows(data.epoch_rows(jax.random.key(0), 0, 96, 32))
+  rows = placement.rows(task_lib.epoch_rows(jax.random.key(0), 0, 96, 32))
   features = {"features": np.zeros((96, 32), np.float32), "labels": train_data["labels"]}
 
   def flops(fn, batch_data):
@@ -90,17 +97,17 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
   a run killed during epoch 3 resumes from epoch 2 and ends where the uninterrupted one does."""
   phase = _phase(epochs=3)
   schedule = {"unfreeze": ((2, "stages:2"),)}
-  real = trainer_lib.evaluate
+  real = epochs_lib.evaluate
   seen = []  # the params at every evaluation, i.e. after epochs 1, 2 and 3
 
   def evaluate_and_keep(eval_fn, state, *args, **kwargs):
     seen.append(jax.device_get(state.params))
     return real(eval_fn, state, *args, **kwargs)
 
-  monkeypatch.setattr(trainer_lib, "evaluate", evaluate_and_keep)
+  monkeypatch.setattr(epochs_lib, "evaluate", evaluate_and_keep)
   whole = _fit(task, tmp_path / "whole", phase, True, **schedule)
-  monkeypatch.setattr(trainer_lib, "evaluate", real)
-  init = jax.device_get(models.init_variables(MODEL, 10, (16, 16, 3), 0)["params"])
+  monkeypatch.setattr(epochs_lib, "evaluate", real)
+  init = jax.device_get(resnet.init_variables(MODEL, 10, (16, 16, 3), 0)["params"])
 
   def same(params, prefix):
     pairs = [(a, b) for (p, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0],
@@ -123,10 +130,10 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
       raise Interrupt
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(trainer_lib, "evaluate", evaluate_then_die)
+  monkeypatch.setattr(epochs_lib, "evaluate", evaluate_then_die)
   with pytest.raises(Interrupt):
     _fit(task, tmp_path / "cut", phase, True, **schedule)
-  monkeypatch.setattr(trainer_lib, "evaluate", real)
+  monkeypatch.setattr(epochs_lib, "evaluate", real)
   ckpts = checkpoint.RunCheckpoints(str(tmp_path / "cut" / "checkpoints"))
   assert ckpts.latest_step() == 2 * 3
   ckpts.close()
@@ -137,7 +144,7 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
   lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
   assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in whole.history]
   # Stages 3-4 moved in epoch 3: the backbone is no longer what the probe saw.
-  first = models.init_variables(MODEL, 10, (16, 16, 3), 0)["params"]["stage4_block1"]
+  first = resnet.init_variables(MODEL, 10, (16, 16, 3), 0)["params"]["stage4_block1"]
   assert not np.allclose(np.asarray(whole.state.params["stage4_block1"]["conv1"]["kernel"]),
                          np.asarray(first["conv1"]["kernel"]))
 

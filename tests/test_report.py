@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from tlflax import plots, report
+from tlflax.study import plots
+from tlflax.study import report
 
 
 def _run(run_dir, seed, accuracies, events=(), mode="scratch", study=None, val=None,

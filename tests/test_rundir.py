@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tlflax import rundir
+from tlflax.io import rundir
 from tlflax.config import base_config
 from tlflax.errors import UserError
 

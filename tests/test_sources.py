@@ -15,7 +15,8 @@ from conftest import (
 )
 from PIL import Image
 
-from tlflax import data, sources
+from tlflax.data import task as task_lib
+from tlflax.data import sources
 from tlflax.config import phase_config
 from tlflax.errors import UserError
 
@@ -31,7 +32,7 @@ def test_variable_size_tfds_images_are_squashed_or_center_cropped(tfds_data):
   """tiny_sizes: 20-89 pixel sides, any aspect ratio; the class colour fills a centred square
   of the short side, white the rest."""
   def load(resize):
-    return data.load_task(phase_config("tiny_sizes", 1, image_size=16, resize=resize,
+    return task_lib.load_task(phase_config("tiny_sizes", 1, image_size=16, resize=resize,
                                        download=False), tfds_data["data_dir"], 0)
 
   crop, squash = load("center_crop"), load("squash")
@@ -53,8 +54,8 @@ def test_variable_size_tfds_images_are_squashed_or_center_cropped(tfds_data):
 def test_a_split_above_the_host_budget_is_memory_mapped_with_the_same_pixels(tfds_data, tmp_path):
   phase = phase_config("tiny_sizes", 1, image_size=16, download=False)
   spill = ml_collections.ConfigDict({"host_budget_gb": 1e-9, "spill_dir": str(tmp_path)})
-  in_ram = data.load_task(phase, tfds_data["data_dir"], 0)
-  mapped = data.load_task(phase, tfds_data["data_dir"], 0, spill)
+  in_ram = task_lib.load_task(phase, tfds_data["data_dir"], 0)
+  mapped = task_lib.load_task(phase, tfds_data["data_dir"], 0, spill)
   assert isinstance(mapped.train.images, np.memmap)
   assert not isinstance(in_ram.train.images, np.memmap)
   np.testing.assert_array_equal(mapped.train.images, in_ram.train.images)
@@ -95,15 +96,15 @@ def test_a_flat_folder_is_split_80_20_per_class_with_folder_names_as_classes(tmp
     _write_images(tmp_path / "root" / name, name, 10, rng)
   (tmp_path / "root" / "notes.txt").write_text("not an image")
   phase = phase_config(f"folder:{tmp_path / 'root'}", 1, image_size=16)
-  task = data.load_task(phase, None, 0)
+  task = task_lib.load_task(phase, None, 0)
   assert task.class_names == ("blue", "green", "red") and task.num_classes == 3
   assert task.train.images.shape == (24, 16, 16, 3) and task.test.images.shape == (6, 16, 16, 3)
   assert np.bincount(task.train.labels).tolist() == [8, 8, 8]
   assert np.bincount(task.test.labels).tolist() == [2, 2, 2]
   _check_colours(task)
-  again = data.load_task(phase, None, 1)  # the split does not depend on the run's seed
+  again = task_lib.load_task(phase, None, 1)  # the split does not depend on the run's seed
   np.testing.assert_array_equal(again.test.images, task.test.images)
-  half = data.load_task(phase_config(f"folder:{tmp_path / 'root'}", 1, image_size=16,
+  half = task_lib.load_task(phase_config(f"folder:{tmp_path / 'root'}", 1, image_size=16,
                                      train_split="train[:50%]", val_split="train[50%:]"), None, 0)
   assert len(half.train) == len(half.val) == 12
   assert len(set(half.val.labels.tolist())) == 3  # a slice draws from every class
@@ -115,7 +116,7 @@ def test_train_and_test_sub_folders_are_the_splits(tmp_path):
     _write_images(tmp_path / "root" / "train" / name, name, 6, rng)
     _write_images(tmp_path / "root" / "test" / name, name, 3, rng, start=10)
   _write_images(tmp_path / "root" / "train" / "blue", "blue", 5, rng)  # no test images of blue
-  task = data.load_task(phase_config(f"folder:{tmp_path / 'root'}", 1, image_size=8), None, 0)
+  task = task_lib.load_task(phase_config(f"folder:{tmp_path / 'root'}", 1, image_size=8), None, 0)
   assert task.class_names == ("blue", "green", "red")
   assert np.bincount(task.train.labels, minlength=3).tolist() == [5, 6, 6]
   assert np.bincount(task.test.labels, minlength=3).tolist() == [0, 3, 3]

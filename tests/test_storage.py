@@ -30,7 +30,7 @@ def test_storage_functions_on_the_emulated_bucket(store, request):
   against the objects the emulator holds."""
   bucket = _bucket(store, request)
   code = textwrap.dedent("""
-      from tlflax import storage
+      from tlflax.io import storage
       d = "STORE://bkt/unit"
       assert not storage.exists(d) and storage.listdir(d) == []
       storage.write_text(d + "/a/x.json", "{}")
@@ -161,7 +161,7 @@ def test_orbax_gets_tensorstore_s3_specs_and_every_other_path_what_it_had(monkey
   AWS variables; local and gs:// specs are the ones orbax built before."""
   from orbax.checkpoint._src.serialization import tensorstore_utils as tsu
 
-  from tlflax import s3
+  from tlflax.io import s3
   paths = ["/tmp/run/checkpoints/3/params", "gs://bkt/run/checkpoints/3/params"]
   before = [tsu.build_kvstore_tspec(p, use_ocdbt=o) for p in paths for o in (True, False)]
   monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")

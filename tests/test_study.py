@@ -127,7 +127,7 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
   other = run_cli(args[:-1] + ["--config.transfer.freeze=backbone"], tmp_path)
   assert other.returncode == 2 and "holds a run with another config (transfer.freeze" in other.stderr
   # The transfer run records where it started: the pretraining, its config's hash, the step.
-  from tlflax import rundir
+  from tlflax.io import rundir
   init = config["init"]
   pre_config = json.loads((work / "pretrain" / "config.json").read_text())
   assert init["run"] == str(work / "pretrain") and init["step"] == 2048 // 64
@@ -153,20 +153,20 @@ def test_the_arms_config_lays_out_the_whole_study():
   import importlib.util
 
   from tlflax import config as config_lib
-  from tlflax import study
+  from tlflax.study import experiments
   spec = importlib.util.spec_from_file_location("arms", REPO / "configs/cifar10_to_cifar100_arms.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
   config_lib.validate(config)
-  study.check_arm_rules(config)
-  names = [e.name for e in study.experiments(config)]
+  experiments.check_arm_rules(config)
+  names = [e.name for e in experiments.experiments(config)]
   assert len(names) == 20 and len(config.seeds) == 3
   assert names[:5] == ["scratch_5shot", "transfer_full_5shot", "transfer_gradual_5shot",
                        "transfer_probe_5shot", "transfer_stages2_5shot"]
   assert names[-5:] == ["scratch", "transfer_full", "transfer_gradual", "transfer_probe",
                         "transfer_stages2"]
-  gradual = study.Experiment("transfer", "gradual", 25).config(config, 2)
+  gradual = experiments.Experiment("transfer", "gradual", 25).config(config, 2)
   assert (gradual.seed, gradual.target.examples_per_class) == (2, 25)
   assert gradual.transfer.unfreeze == ((2, "stages:2"), (4, "none"))
   assert config.target.val_split == "" and config.target.train_split == "train"
@@ -176,20 +176,22 @@ def test_the_arms_config_lays_out_the_whole_study():
 
 
 def test_the_sweep_config_gives_each_learning_rate_its_experiment_and_identity():
-  from tlflax import cli, rundir, study
+  from tlflax.config import cli
+  from tlflax.io import rundir
+  from tlflax.study import experiments
   from tlflax import config as config_lib
   for arg, seeds in (("", (0,)), (":smoke", (0,))):
     config = cli.load(f"lr_sweep{arg}")
     config_lib.validate(config)
     assert tuple(config.seeds) == seeds
-    runs = {e.name: e.config(config, 0) for e in study.experiments(config)}
+    runs = {e.name: e.config(config, 0) for e in experiments.experiments(config)}
     assert sorted(runs) == ["scratch", "transfer_lr-1e-1", "transfer_lr-1e-2", "transfer_lr-3e-2"]
     rates = {name: run.target.learning_rate for name, run in runs.items()}
     assert rates == {"scratch": config.target.learning_rate, "transfer_lr-1e-1": 0.1,
                      "transfer_lr-1e-2": 0.01, "transfer_lr-3e-2": 0.03}
     # Each run folder's identity (what decides its result) follows its arm's target keys.
     hashes = {rundir.config_hash(rundir.record_of(e.mode, runs[e.name]), e.mode)
-              for e in study.experiments(config)}
+              for e in experiments.experiments(config)}
     assert len(hashes) == 4
   assert cli.load("lr_sweep").target.dataset == "cifar100"
 

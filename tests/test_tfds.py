@@ -12,7 +12,7 @@ from conftest import (
   run_cli,
 )
 
-from tlflax import data
+from tlflax.data import task as task_lib
 from tlflax.config import phase_config
 from tlflax.errors import UserError
 
@@ -26,7 +26,7 @@ def _pairs(images, labels):
     ("cifar10", 10, 5 * CIFAR10_TRAIN_PER_FILE, CIFAR10_TEST),
     ("cifar100", 100, CIFAR100_TRAIN, CIFAR100_TEST)])
 def test_cifar_loads_exactly_what_the_archive_holds(tfds_data, name, classes, n_train, n_test):
-  task = data.load_task(phase_config(name, 1, download=False), tfds_data["data_dir"], seed=0)
+  task = task_lib.load_task(phase_config(name, 1, download=False), tfds_data["data_dir"], seed=0)
   assert task.num_classes == classes
   assert task.train.images.shape == (n_train, 32, 32, 3) and task.train.images.dtype == np.uint8
   assert task.test.images.shape == (n_test, 32, 32, 3)
@@ -40,16 +40,16 @@ def test_cifar_loads_exactly_what_the_archive_holds(tfds_data, name, classes, n_
 
 
 def test_tfds_split_strings_and_examples_per_class(tfds_data):
-  half = data.load_task(phase_config("cifar10", 1, train_split="train[:50%]", download=False),
+  half = task_lib.load_task(phase_config("cifar10", 1, train_split="train[:50%]", download=False),
                         tfds_data["data_dir"], seed=0)
   assert len(half.train) == 5 * CIFAR10_TRAIN_PER_FILE // 2
-  few = data.load_task(phase_config("cifar100", 1, examples_per_class=1, download=False),
+  few = task_lib.load_task(phase_config("cifar100", 1, examples_per_class=1, download=False),
                        tfds_data["data_dir"], seed=0)
   assert sorted(few.train.labels.tolist()) == list(range(100))
 
 
 def test_grey_28x28_dataset_is_adapted_to_rgb_32(tfds_data):
-  task = data.load_task(phase_config("tiny_grey", 1, download=False), tfds_data["data_dir"], 0)
+  task = task_lib.load_task(phase_config("tiny_grey", 1, download=False), tfds_data["data_dir"], 0)
   assert task.num_classes == 4
   assert task.train.images.shape == (40, 32, 32, 3) and task.test.images.shape == (12, 32, 32, 3)
   np.testing.assert_array_equal(task.train.images[..., 0], task.train.images[..., 1])
@@ -58,16 +58,16 @@ def test_grey_28x28_dataset_is_adapted_to_rgb_32(tfds_data):
 
 def test_unprepared_dataset_without_download_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match=r"not prepared in .*tfds build cifar10"):
-    data.load_task(phase_config("cifar10", 1, download=False), str(tmp_path), seed=0)
+    task_lib.load_task(phase_config("cifar10", 1, download=False), str(tmp_path), seed=0)
 
 
 def test_bad_or_empty_tfds_split_is_a_user_error_naming_its_key(tfds_data):
   with pytest.raises(UserError, match="in config.target.train_split: bad split 'validation'"):
-    data.load_task(phase_config("cifar10", 1, train_split="validation", download=False),
+    task_lib.load_task(phase_config("cifar10", 1, train_split="validation", download=False),
                    tfds_data["data_dir"], seed=0, where="target")
   with pytest.raises(UserError, match=(r"in config.source.val_split: split 'test\[30:\]' of tfds "
                                        r"dataset 'cifar10' is empty: widen the slice")):
-    data.load_task(phase_config("cifar10", 1, val_split="test[30:]", download=False),
+    task_lib.load_task(phase_config("cifar10", 1, val_split="test[30:]", download=False),
                    tfds_data["data_dir"], seed=0, where="source")
 
 

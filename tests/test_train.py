@@ -9,7 +9,14 @@ import optax
 import pytest
 from runspecs import run_spec
 
-from tlflax import checkpoint, data, models, optim, parallel, steps, train, trainer
+from tlflax.io import checkpoint
+from tlflax.data import task as task_lib
+from tlflax.models import resnet
+from tlflax.train import optim
+from tlflax import parallel
+from tlflax.train import steps
+from tlflax.train import run as run_lib
+from tlflax.train import epochs
 from tlflax import config as config_lib
 from tlflax.config import phase_config
 
@@ -19,7 +26,7 @@ MODEL = config_lib.model_config(name="resnet18", width=4, dtype="float32")
 def _task(n_train=256, n_test=37, size=16):
   phase = phase_config("synthetic10", 1, train_split=f"train[:{n_train}]",
                        test_split=f"test[:{n_test}]", image_size=size)
-  return data.load_task(phase, None, seed=0)
+  return task_lib.load_task(phase, None, seed=0)
 
 
 def _phase(**kw):
@@ -31,12 +38,12 @@ def _phase(**kw):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_few_steps_lower_the_loss(dtype):
   task = _task()
-  model = models.create_model("resnet18", 10, width=4, dtype=dtype)
+  model = resnet.create_model("resnet18", 10, width=4, dtype=dtype)
   tx = optax.sgd(0.05, momentum=0.9)
   state = steps.create_train_state(
-      tx, models.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
+      tx, resnet.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx))
-  batch = {"image": data.normalize(jnp.asarray(task.train.images[:64]), task.mean, task.std),
+  batch = {"image": task_lib.normalize(jnp.asarray(task.train.images[:64]), task.mean, task.std),
            "label": jnp.asarray(task.train.labels[:64])}
   losses = []
   for _ in range(8):
@@ -49,18 +56,18 @@ def test_a_few_steps_lower_the_loss(dtype):
 
 def test_evaluation_counts_every_example_once_and_matches_a_direct_computation():
   task = _task(n_test=37)
-  model = models.create_model("resnet18", 10, width=4)
+  model = resnet.create_model("resnet18", 10, width=4)
   state = steps.create_train_state(
-      optax.sgd(0.1), models.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
+      optax.sgd(0.1), resnet.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   place = parallel.Placement.create()
-  padded = data.pad_for_eval(task.test, 16)
-  test_data = place.replicate(data.device_data(padded, task.mean, task.std))
+  padded = task_lib.pad_for_eval(task.test, 16)
+  test_data = place.replicate(task_lib.device_data(padded, task.mean, task.std))
   rows = place.rows(np.arange(48, dtype=np.int32).reshape(3, 16))
   eval_fn = place.spmd(functools.partial(steps.eval_step_on_data, model=model), 4, split=(2,))
-  result = trainer.evaluate(eval_fn, state, {"test": (0, 3)},
+  result = epochs.evaluate(eval_fn, state, {"test": (0, 3)},
                           lambda lo, hi: ((test_data, rows, i) for i in range(lo, hi)))
   assert result["test_count"] == 37
-  images = data.normalize(jnp.asarray(task.test.images), task.mean, task.std)
+  images = task_lib.normalize(jnp.asarray(task.test.images), task.mean, task.std)
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)
   labels = jnp.asarray(task.test.labels)
   loss = float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)))
@@ -73,7 +80,7 @@ def test_evaluation_counts_every_example_once_and_matches_a_direct_computation()
 
 def _fit(tmp_path, seed, name):
   task = _task(n_train=128, n_test=20)
-  return train.fit(run_spec(_phase(), MODEL, seed=seed, log_every_steps=2), task,
+  return run_lib.fit(run_spec(_phase(), MODEL, seed=seed, log_every_steps=2), task,
                    str(tmp_path / name))
 
 
@@ -115,7 +122,7 @@ def test_weight_decay_is_added_to_the_gradient():
 def test_a_bfloat16_run_keeps_float32_params_statistics_optimizer_state_and_checkpoints(tmp_path):
   task = _task(n_train=64, n_test=20)
   bf16 = config_lib.model_config(name="resnet18", width=4, dtype="bfloat16")
-  result = train.fit(run_spec(_phase(epochs=1), bf16, log_every_steps=4), task,
+  result = run_lib.fit(run_spec(_phase(epochs=1), bf16, log_every_steps=4), task,
                      str(tmp_path / "bf16"))
   assert result.summary["dtype"] == "bfloat16"
   assert all(np.isfinite(r[k]) for r in result.history for k in ("train_loss", "test_loss"))

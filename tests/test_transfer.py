@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from runspecs import run_spec
 
-from tlflax import checkpoint, models, optim, steps, train, transfer
+from tlflax.io import checkpoint
+from tlflax.models import resnet
+from tlflax.train import optim
+from tlflax.train import steps
+from tlflax.train import run as run_lib
+from tlflax.train import transfer
 from tlflax import config as config_lib
 from tlflax.errors import UserError
 
@@ -20,7 +25,7 @@ FROZEN_PREFIX = ("stem_", "stage1_", "stage2_")
 
 @functools.cache
 def _variables(num_classes=10, seed=0):
-  return models.init_variables(MODEL, num_classes, (16, 16, 3), seed)
+  return resnet.init_variables(MODEL, num_classes, (16, 16, 3), seed)
 
 
 def _batch(n=16, seed=0):
@@ -170,13 +175,13 @@ def test_gradual_unfreezing_keeps_state_of_already_trainable_params():
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory):
   """A one-epoch source run with real checkpoints (10 classes)."""
-  from tlflax import data
+  from tlflax.data import task as task_lib
   run_dir = tmp_path_factory.mktemp("source")
   phase = config_lib.phase_config("synthetic10", 1, train_split="train[:64]",
                                   test_split="test[:16]", image_size=16, batch_size=32,
                                   warmup_epochs=0.0)
-  task = data.load_task(phase, None, seed=0)
-  result = train.fit(run_spec(phase, MODEL), task, str(run_dir))
+  task = task_lib.load_task(phase, None, seed=0)
+  result = run_lib.fit(run_spec(phase, MODEL), task, str(run_dir))
   return str(run_dir), result
 
 
@@ -184,7 +189,7 @@ def test_transfer_restore_keeps_backbone_and_reinitialises_head(source_run):
   run_dir, result = source_run
   restored, name = checkpoint.restore_variables(run_dir)
   assert name.endswith("/checkpoints/2")
-  fresh = models.init_variables(MODEL, 100, (16, 16, 3), seed=5)
+  fresh = resnet.init_variables(MODEL, 100, (16, 16, 3), seed=5)
   merged = transfer.merge_pretrained(fresh, restored, ("^head/",), name)
   src = transfer.flatten(result.state.params)
   out = transfer.flatten(merged["params"])
@@ -198,18 +203,18 @@ def test_transfer_restore_keeps_backbone_and_reinitialises_head(source_run):
 def test_checkpoint_that_does_not_fit_fails_with_a_listing(source_run):
   run_dir, _ = source_run
   restored, name = checkpoint.restore_variables(run_dir)
-  other_classes = models.variable_shapes(MODEL, 100, (16, 16, 3))
+  other_classes = resnet.variable_shapes(MODEL, 100, (16, 16, 3))
   with pytest.raises(UserError, match=r"shape mismatch \[params/head/bias \(10,\) vs \(100,\), "
                                       r"params/head/kernel \(32, 10\) vs \(32, 100\)\]"):
     transfer.merge_pretrained(other_classes, restored, (), name)
   resnet34 = config_lib.model_config(name="resnet34", width=4, dtype="float32")
-  deeper = models.variable_shapes(resnet34, 10, (16, 16, 3))
+  deeper = resnet.variable_shapes(resnet34, 10, (16, 16, 3))
   with pytest.raises(UserError, match=r"missing \[batch_stats/stage1_block3/bn1/mean, .*"
                                       r"\(\+74 more\)\]"):
     transfer.merge_pretrained(deeper, restored, ("^head/",), name)
   with pytest.raises(UserError, match="holds no tlflax checkpoint"):
     checkpoint.restore_variables(str(run_dir) + "/nothing_here")
-  same = transfer.merge_pretrained(models.init_variables(MODEL, 10, (16, 16, 3), 0), restored,
+  same = transfer.merge_pretrained(resnet.init_variables(MODEL, 10, (16, 16, 3), 0), restored,
                                    (), name)  # equal class counts, reinit=(): plain fine-tuning
   assert _same(transfer.flatten(same["params"])["head/kernel"],
                transfer.flatten(restored["params"])["head/kernel"])

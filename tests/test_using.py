@@ -11,7 +11,11 @@ from conftest import run_cli
 from PIL import Image
 
 import tlflax
-from tlflax import data, evaluate, export, prediction, sources
+from tlflax.data import task as task_lib
+from tlflax.use import evaluate
+from tlflax.use import export
+from tlflax.use import prediction
+from tlflax.data import sources
 
 
 def _records(run_dir):
@@ -76,7 +80,7 @@ def test_per_class_figures_of_a_known_confusion_matrix():
 def images(tmp_path_factory):
   """Six synthetic100 test images as PNG (two in a sub-folder), a broken file, a text file."""
   root = tmp_path_factory.mktemp("images")
-  split = data.synthetic_split("synthetic100", "test[:6]")
+  split = task_lib.synthetic_split("synthetic100", "test[:6]")
   (root / "sub").mkdir()
   files = []
   for i, image in enumerate(split.images):
@@ -134,7 +138,7 @@ def test_export_serves_the_models_probabilities_in_jax_and_tensorflow(tiny_scrat
   result = run_cli(["--mode=export", "--config=smoke", f"--model={run}", f"--workdir={tmp_path}"],
                    tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  pixels = data.synthetic_split("synthetic100", "test[:5]").images
+  pixels = task_lib.synthetic_split("synthetic100", "test[:5]").images
   pixels = np.stack([sources.image_fitter(16, "squash")(p).numpy() for p in pixels])
   model, variables, info = tlflax.load(str(run))
   x = (pixels / 255.0 - np.array(info["mean"])) / np.array(info["std"])

@@ -16,7 +16,10 @@ import pytest
 from conftest import run_cli
 
 import tlflax
-from tlflax import convert, models, torch_layout, weights
+from tlflax.use import convert
+from tlflax.models import resnet
+from tlflax.models import torch_layout
+from tlflax.models import weights
 from tlflax.errors import UserError
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -28,7 +31,7 @@ STAGES = {"resnet18_imagenet": ((2, 2, 2, 2), False), "resnet50_imagenet": ((3, 
 def random_state(name: str, width: int = 8, classes: int = 12, seed: int = 0) -> dict:
   """A torchvision-layout state dict of `name` with random weights and BatchNorm statistics
   (its keys and shapes from tlflax's export, its values anything but an init)."""
-  variables = jax.device_get(models.init_model(models.create_model(name, classes, width), 0,
+  variables = jax.device_get(resnet.init_model(resnet.create_model(name, classes, width), 0,
                                                (32, 32, 3)))
   rng = np.random.default_rng(seed)
   out = {}

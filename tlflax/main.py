@@ -35,7 +35,7 @@ import traceback
 
 from absl import app, flags, logging
 
-from tlflax import cli as cli_lib
+from tlflax.config import cli as cli_lib
 from tlflax.errors import DIVERGED, Stopped, UserError
 
 MODES = ("pretrain", "scratch", "transfer", "compare", "report", "config", "evaluate", "predict",
@@ -93,34 +93,40 @@ def _setup_jax() -> None:
 def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
   """Validates the config and dispatches to the mode (`model`, `input_spec`: --model, --input)."""
   from tlflax import config as config_lib
-  from tlflax import parallel, runner, storage, study, tracking
+  from tlflax import parallel
+  from tlflax.train import phase as phase_lib
+  from tlflax.io import storage
+  from tlflax.study import experiments
+  from tlflax.train import tracking
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
   storage.check(workdir)
   storage.check(model, "--model")
   if mode == "report":
     tracking.check(config.track)
-    return study.write_report(workdir, config.report.include_unfinished, config.track)
+    return experiments.write_report(workdir, config.report.include_unfinished, config.track)
   config_lib.validate(config)
   storage.check(config.transfer.init_from, "--config.transfer.init_from")
   if mode == "config":
     print(cli_lib.describe(config), flush=True)
     return None
   if mode == "transfer":
-    study.check_arm_rules(config, arms=False)
+    experiments.check_arm_rules(config, arms=False)
   elif mode == "compare":
-    study.check_arm_rules(config)
+    experiments.check_arm_rules(config)
   placement = parallel.Placement.create(config.parallel)
   if mode in USING:
     return _use(mode, config, workdir, model, input_spec, placement)
   if mode == "compare":
-    return study.run_compare(config, workdir, placement)
-  return runner.run_phase(mode, config, workdir, placement=placement)
+    return experiments.run_compare(config, workdir, placement)
+  return phase_lib.run_phase(mode, config, workdir, placement=placement)
 
 
 def _use(mode: str, config, workdir: str, model: str, input_spec: str, placement) -> str:
   """The modes that use a trained model; returns the folder they wrote."""
-  from tlflax import evaluate, export, prediction
+  from tlflax.use import evaluate
+  from tlflax.use import export
+  from tlflax.use import prediction
   if not model:
     raise UserError(f"--mode={mode} needs --model=PATH: a run folder, one of its checkpoints, a "
                     "safetensors file or hf://ORG/NAME")
@@ -162,7 +168,8 @@ def main(argv: list[str]) -> None:
       run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
       return
     _start_devices()
-    from tlflax import parallel, preemption
+    from tlflax import parallel
+    from tlflax.train import preemption
     preemption.install(parallel.describe()["processes"])
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.model, FLAGS.input)
   except UserError as e:

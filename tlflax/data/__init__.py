@@ -1,0 +1,1 @@
+"""tlflax.data (its docstring and layer rules follow in the next commit)."""

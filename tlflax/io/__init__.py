@@ -1,0 +1,1 @@
+"""tlflax.io (its docstring and layer rules follow in the next commit)."""

@@ -1,0 +1,1 @@
+"""tlflax.models (its docstring and layer rules follow in the next commit)."""

@@ -1,0 +1,1 @@
+"""tlflax.study (its docstring and layer rules follow in the next commit)."""

@@ -1,0 +1,372 @@
+"""The study's report, from the metrics on disk: its claims checked, its experiments summed up.
+
+Reads every run folder of a workdir: `DIR/<experiment>/seed_N/` (as `--mode=compare` writes
+them) and `DIR/scratch/`, `DIR/transfer/` (single-mode runs), each seed of an experiment counted
+once, and writes `DIR/report/`:
+  report.md     the study's three claims with a verdict each (`claims.py`), a table of every
+                experiment, and every unfinished run folder with how far it got
+  summary.json  every experiment: budget, seeds, per-epoch mean, std, min and max over seeds,
+                best and final figures; the unfinished runs
+  loss.png, accuracy.png, time.png, labels.png   the figures (`plots.py`)
+Only finished runs (with summary.json) count, unless `include_unfinished`; an experiment with no
+finished run is listed as not finished, not drawn. "Best" is the epoch of best validation
+accuracy where the runs have a validation split, else of best test accuracy, which the report
+then says. Nothing is trained here: redraw it at any time.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from tlflax.study import claims
+from tlflax.study import plots
+from tlflax.io import rundir
+from tlflax.io import storage
+from tlflax.errors import UserError
+from tlflax.train.monitor import best_record, read_events, read_metrics
+from tlflax.io.rundir import read_json
+
+CURVE_KEYS = ("test_loss", "test_accuracy", "train_loss", "val_loss", "val_accuracy", "wall_s")
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs on disk
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Group:
+  """The runs of one experiment (one per seed)."""
+
+  name: str
+  mode: str
+  arm: str | None
+  budget: int
+  runs: list = dataclasses.field(default_factory=list)
+  seeds: list = dataclasses.field(default_factory=list)
+  arm_order: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Folder:
+  """A scratch or transfer run folder of the workdir, finished (summary.json) or not."""
+
+  name: str  # its experiment
+  run_dir: str
+  seeded: bool  # a study's seed_N folder (wins over a single-mode folder of the same seed)
+  config: dict
+  budget: int
+  finished: bool
+
+
+def _folders(workdir: str) -> list[_Folder]:
+  """Every scratch or transfer run folder of `workdir` with metrics or a summary."""
+  found = []
+  for base in storage.glob(workdir, "*"):
+    for run_dir in [base] + storage.glob(base, "seed_*"):
+      config = read_json(storage.join(run_dir, "config.json")) or {}
+      finished = rundir.finished(run_dir) is not None
+      if config.get("mode") not in ("scratch", "transfer") or not (
+          finished or read_metrics(run_dir)):
+        continue
+      budget = int((config.get("target") or {}).get("examples_per_class") or 0)
+      name = (config.get("study") or {}).get("experiment") or rundir.experiment_name(
+          config["mode"], None, budget)  # a single-mode run: DIR/scratch or DIR/transfer
+      found.append(_Folder(name, run_dir, run_dir != base, config, budget, finished))
+  return found
+
+
+def _groups(folders: list[_Folder]) -> dict[str, _Group]:
+  """The experiments of `folders`, each seed counted once: a seed_N folder wins over a
+  single-mode run folder of the same seed."""
+  groups: dict[str, _Group] = {}
+  for f in sorted(folders, key=lambda f: not f.seeded):  # seeded first
+    mode = f.config["mode"]
+    arm = (f.config.get("study") or {}).get("arm") if mode == "transfer" else None
+    g = groups.setdefault(f.name, _Group(f.name, mode, arm, f.budget))
+    arms = list((f.config.get("arms") or {}).keys())
+    g.arm_order = arms.index(arm) if arm in arms else len(arms)
+    if f.config.get("seed") in g.seeds:
+      continue
+    g.runs.append(f.run_dir)
+    g.seeds.append(f.config.get("seed"))
+  return dict(sorted(groups.items(), key=lambda kv: (
+      plots.budget_rank(kv[1].budget), kv[1].mode != "scratch", kv[1].arm_order, kv[0])))
+
+
+def _planned_epochs(config: dict, records: list[dict]) -> int | None:
+  """The epochs a run was set to train: target.epochs, raised by min_steps (as `fit` does, with
+  the steps per epoch its records show)."""
+  target = config.get("target") or {}
+  epochs, min_steps = target.get("epochs"), target.get("min_steps") or 0
+  if epochs is None:
+    return None
+  last = records[-1] if records else None
+  if min_steps and last and last.get("step") and last.get("epoch"):
+    epochs = max(epochs, -(-min_steps // (last["step"] // last["epoch"])))
+  return int(epochs)
+
+
+def _unfinished(workdir: str, f: _Folder) -> dict:
+  """How far an unfinished run folder got, and why it stopped where its metrics say."""
+  records, events = read_metrics(f.run_dir), read_events(f.run_dir)
+  last = events[-1] if events else None
+  if last and last["event"] == "diverged":
+    state = f"diverged at step {last['step']} (epoch {last['epoch']})"
+  elif last and last["event"] == "interrupted" and (not records or
+                                                     records[-1]["step"] <= last["step"]):
+    state = f"interrupted by {last.get('signal', 'a signal')} at step {last['step']}"
+  else:
+    state = "no summary.json: still training, or killed or crashed without a trace"
+  return {"run": os.path.relpath(f.run_dir, workdir), "experiment": f.name,
+          "seed": f.config.get("seed"), "epoch": records[-1]["epoch"] if records else 0,
+          "epochs": _planned_epochs(f.config, records), "state": state}
+
+
+def find_runs(workdir: str, experiment: str) -> list[str]:
+  """The finished run folders (one per seed) of an experiment of `workdir`."""
+  g = _groups([f for f in _folders(workdir) if f.finished]).get(experiment)
+  return sorted(g.runs) if g else []
+
+
+# ------------------------------------------------------------------------------------------------
+# Numbers
+# ------------------------------------------------------------------------------------------------
+
+
+def _mean_std(values) -> dict | None:
+  """Mean, sample std (ddof=1; None for one value), count, min and max of the finite values."""
+  values = np.asarray([v for v in values if v is not None], dtype=float)
+  values = values[np.isfinite(values)]
+  if not values.size:
+    return None
+  return {"mean": float(values.mean()),
+          "std": float(values.std(ddof=1)) if values.size > 1 else None,
+          "n": int(values.size), "min": float(values.min()), "max": float(values.max())}
+
+
+def _curve(values: np.ndarray) -> dict:
+  """Per-epoch mean, sample std (None for one seed), min and max of a [seed][epoch] array."""
+  return {"mean": values.mean(0).tolist(),
+          "std": values.std(0, ddof=1).tolist() if len(values) > 1 else None,
+          "min": values.min(0).tolist(), "max": values.max(0).tolist()}
+
+
+def _experiment(workdir: str, g: _Group) -> dict | None:
+  """The figures of one experiment over its seeds (None when its runs share no evaluated
+  epoch). Curves are cut to the epochs every seed evaluated; `cut` says so when one seed ran
+  further."""
+  records = [{r["epoch"]: r for r in read_metrics(d) if "test_accuracy" in r} for d in g.runs]
+  epochs = sorted(set.intersection(*(set(r) for r in records)))
+  if not epochs:
+    return None
+  rows = [[r[e] for e in epochs] for r in records]  # [seed][epoch] records
+  select = "val" if all("val_accuracy" in x for row in rows for x in row) else "test"
+  best = [best_record(row, f"{select}_accuracy") for row in rows]
+  curves = {key: _curve(np.array([[x[key] for x in row] for row in rows], dtype=float))
+            for key in CURVE_KEYS if all(key in x for row in rows for x in row)}
+  lowest = [min(row, key=lambda x: (x["test_loss"], x["epoch"])) for row in rows]
+  summaries = [read_json(os.path.join(d, "summary.json")) or {} for d in g.runs]
+  per_class = [s["train_examples"] / s["num_classes"] for s in summaries
+               if s.get("train_examples") and s.get("num_classes")]
+  longest = max(max(r) for r in records)
+  out = {
+      "name": g.name, "mode": g.mode, "arm": g.arm, "budget": g.budget,
+      "examples_per_class": (float(np.mean(per_class)) if per_class else
+                             (float(g.budget) if g.budget else None)),
+      "seeds": g.seeds, "runs": [os.path.relpath(r, workdir) for r in g.runs],
+      "epochs": epochs, "curves": curves, "selected_on": select,
+      "cut": ({"to_epoch": epochs[-1], "longest_epoch": longest} if longest > epochs[-1]
+              else None),
+      "best": {"epoch": _mean_std([b["epoch"] for b in best]),
+               "test_accuracy": _mean_std([b["test_accuracy"] for b in best])},
+      "final": {"test_accuracy": _mean_std([row[-1]["test_accuracy"] for row in rows]),
+                "test_loss": _mean_std([row[-1]["test_loss"] for row in rows])},
+      "min_test_loss": _mean_std([x["test_loss"] for x in lowest]),
+      "min_test_loss_epoch": _mean_std([x["epoch"] for x in lowest]),
+      "wall_s": _mean_std([s.get("wall_s") for s in summaries]),
+  }
+  if select == "val":
+    out["best"]["val_accuracy"] = _mean_std([b["val_accuracy"] for b in best])
+  return out
+
+
+def _study_pair(experiments: dict) -> tuple[dict | None, dict | None]:
+  """(scratch, transfer) the claims are judged on: at the largest label budget, the study's arm
+  ('full', or a single --mode=transfer run, else the first arm)."""
+  if not experiments:
+    return None, None
+  at = plots.main_budget(experiments)
+  scratch = next((e for e in at if e["mode"] == "scratch"), None)
+  transfers = [e for e in at if e["mode"] == "transfer"]
+  transfer = next((e for e in transfers if e["arm"] == "full"), None) or next(
+      (e for e in transfers if e["arm"] is None), None) or (transfers[0] if transfers else None)
+  return scratch, transfer
+
+
+def summarize(workdir: str, include_unfinished: bool = False) -> dict:
+  """The numbers of the study for every experiment in `workdir`, and the claims. Only finished
+  runs (with summary.json) count unless `include_unfinished`; `unfinished` lists the others
+  either way."""
+  folders = _folders(workdir)
+  experiments = {}
+  for name, g in _groups([f for f in folders if f.finished or include_unfinished]).items():
+    e = _experiment(workdir, g)
+    if e is not None:
+      experiments[name] = e
+  out: dict = {"workdir": storage.absolute(workdir), "experiments": experiments,
+               "include_unfinished": include_unfinished,
+               "unfinished": [_unfinished(workdir, f) for f in folders if not f.finished]}
+  scratch, transfer = _study_pair(experiments)
+  out["claims_on"] = {"scratch": scratch and scratch["name"],
+                      "transfer": transfer and transfer["name"]}
+  out["claims"] = claims.judge_claims(scratch, transfer)
+  pretrain = read_json(os.path.join(workdir, "pretrain", "summary.json"))
+  if pretrain:
+    out["pretrain"] = {"dataset": pretrain.get("dataset"), "wall_s": pretrain.get("wall_s"),
+                       "final_test_accuracy": (pretrain.get("final") or {}).get("test_accuracy")}
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# report.md
+# ------------------------------------------------------------------------------------------------
+
+
+def _fmt(stat: dict | None, digits: int = 4) -> str:
+  if stat is None:
+    return "n/a"
+  if stat["std"] is None:
+    return f"{stat['mean']:.{digits}f}"
+  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _budget_words(e: dict) -> str:
+  if e["budget"]:
+    return str(e["budget"])
+  return f"all ({e['examples_per_class']:.0f})" if e["examples_per_class"] else "all"
+
+
+def _claim_lines(summary: dict) -> list[str]:
+  on = summary["claims_on"]
+  pair = (f"Judged on the mean curves over seeds of `{on['scratch']}` and `{on['transfer']}` "
+          "(the largest label budget), from the metrics of finished runs on disk. A verdict "
+          "holds or fails only where the curves it compares ran long enough and were evaluated "
+          "at every epoch it reads." if all(on.values()) else
+          "They need finished scratch and transfer runs at one label budget.")
+  lines = ["## The study's claims", "", pair, ""]
+  for i, c in enumerate(summary["claims"], 1):
+    where = f" (epoch {c['epoch']})" if c["epoch"] is not None else ""
+    basis = f" Rests on {c['rests_on']}." if c.get("rests_on") else ""
+    lines.append(f"{i}. **{c['verdict']}**{where}: {c['claim']} {c['evidence'][0].upper()}"
+                 f"{c['evidence'][1:]}.{basis}")
+  return lines
+
+
+def _unfinished_lines(summary: dict) -> list[str]:
+  """Every unfinished run folder, how far it got, and whether the figures count it."""
+  runs = summary["unfinished"]
+  if not runs:
+    return []
+  counted = summary["include_unfinished"]
+  lines = ["", "## Unfinished runs", "",
+           ("Counted in the figures above (include_unfinished), cut to the epochs their "
+            "experiment's seeds share:" if counted else
+            "Not counted in any figure above (rerun the command that started them to finish "
+            "them; `--config.report.include_unfinished=true` counts them):"), ""]
+  for r in runs:
+    planned = f" of {r['epochs']}" if r["epochs"] else ""
+    lines.append(f"- `{r['run']}` ({r['experiment']}, seed {r['seed']}): evaluated up to epoch "
+                 f"{r['epoch']}{planned}; {r['state']}")
+  missing = sorted({r["experiment"] for r in runs} - set(summary["experiments"]))
+  if missing:
+    lines += ["", "Not finished, so not drawn: " + ", ".join(f"`{m}`" for m in missing) + "."]
+  return lines
+
+
+def _markdown(summary: dict) -> str:
+  exps = summary["experiments"]
+  lines = ["# Transfer study", ""] + _claim_lines(summary)
+  selected = {e["selected_on"] for e in exps.values()}
+  lines += ["", "## Experiments", ""]
+  if selected == {"val"}:
+    lines.append("\"Best\" is the epoch of best validation accuracy of each seed, and its test "
+                 "accuracy: the test set played no part in choosing it.")
+  else:
+    lines.append("**No validation split" + (" in some experiments" if "val" in selected else "")
+                 + ": every \"best\" figure below is selected on the test set**, so it is an "
+                 "optimistic estimate. Set `val_split` (and a `train_split` without it) for an "
+                 "honest selection.")
+  lines += ["", "Mean ± sample standard deviation (ddof=1) over seeds; a single seed shows its "
+            "value alone. Curves: `loss.png` (log scale), `accuracy.png` (largest budget; mean "
+            "over seeds, band from the lowest to the highest seed; scratch red, the study's "
+            "transfer arm blue, other arms in their own colours), `time.png` (test accuracy "
+            "against wall-clock seconds, transfer counting its pretraining)"
+            + (", `labels.png`." if "labels.png" in summary.get("figures", ()) else "."), ""]
+  cut = [f"- `{e['name']}`: its curves and figures cover epochs {e['epochs'][0]}-"
+         f"{e['cut']['to_epoch']}, the epochs all its seeds evaluated; its longest seed "
+         f"reached epoch {e['cut']['longest_epoch']}." for e in exps.values() if e["cut"]]
+  lines += cut + ([""] if cut else [])
+  lines += [("| experiment | labels/class | seeds | selected on | best test acc | best epoch "
+             "| final test acc | min test loss | epoch of min test loss | wall-clock s |"),
+            "|---|---|---|---|---|---|---|---|---|---|"]
+  for e in exps.values():
+    lines.append(f"| {e['name']} | {_budget_words(e)} | {len(e['seeds'])} | {e['selected_on']} "
+                 f"| {_fmt(e['best']['test_accuracy'])} | {_fmt(e['best']['epoch'], 1)} "
+                 f"| {_fmt(e['final']['test_accuracy'])} | {_fmt(e['min_test_loss'])} "
+                 f"| {_fmt(e['min_test_loss_epoch'], 1)} | {_fmt(e['wall_s'], 1)} |")
+  arms = summary.get("arms") or {}
+  if arms:
+    lines += ["", ("Transfer arms (overrides of `config.transfer`, and of `config.target` under "
+              "`target`):"), ""]
+    lines += [f"- `{name}`: {json.dumps(over) if over else 'none'}" for name, over in arms.items()]
+  if "pretrain" in summary:
+    p = summary["pretrain"]
+    acc = p["final_test_accuracy"]
+    lines += ["", (f"Pretraining on {p['dataset']}: final test accuracy "
+              f"{acc if acc is None else format(acc, '.4f')}, {p['wall_s'] or 0:.1f} s "
+              "wall-clock (counted in `time.png`).")]
+  lines += _unfinished_lines(summary)
+  return "\n".join(lines) + "\n"
+
+
+def require_runs(workdir: str, include_unfinished: bool = False) -> dict:
+  """The summary of `workdir`, or a `UserError` when it holds nothing to report."""
+  summary = summarize(workdir, include_unfinished)
+  if not summary["experiments"]:
+    runs = summary["unfinished"]
+    if runs:
+      listed = ", ".join(f"{r['run']} at epoch {r['epoch']}" for r in runs[:5]) + (
+          ", ..." if len(runs) > 5 else "")
+      raise UserError(f"{workdir} holds no finished scratch or transfer run, only unfinished ones "
+                      f"({listed}): rerun the command that started them to finish them, or pass "
+                      "--config.report.include_unfinished=true")
+    raise UserError(f"{workdir} holds no scratch or transfer runs with metrics: run "
+                    "--mode=compare (or --mode=scratch / --mode=transfer) there first")
+  return summary
+
+
+def _arms(workdir: str, summary: dict) -> dict:
+  """The transfer arms' overrides, from the config of a run of each."""
+  out = {}
+  for e in summary["experiments"].values():
+    if e["mode"] == "transfer" and e["arm"] and e["arm"] not in out:
+      config = read_json(os.path.join(workdir, e["runs"][0], "config.json")) or {}
+      out[e["arm"]] = (config.get("arms") or {}).get(e["arm"], {})
+  return out
+
+
+def write_report(workdir: str, summary: dict | None = None,
+                 include_unfinished: bool = False) -> str:
+  """Writes DIR/report/ from the metrics on disk (summarised by `require_runs` unless given)
+  and returns that folder."""
+  summary = summary or require_runs(workdir, include_unfinished)
+  out = storage.join(workdir, "report")
+  storage.makedirs(out)
+  summary["arms"] = _arms(workdir, summary)
+  summary["figures"] = plots.draw(summary, out)
+  storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
+  storage.write_text(storage.join(out, "report.md"), _markdown(summary))
+  return out

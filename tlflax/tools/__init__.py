@@ -1,0 +1,1 @@
+"""tlflax.tools (its docstring and layer rules follow in the next commit)."""

@@ -1,0 +1,1 @@
+"""tlflax.use (its docstring and layer rules follow in the next commit)."""

@@ -1,0 +1,63 @@
+"""Export a tlflax model to PyTorch: `python -m tlflax.convert --to=torchvision --in=PATH
+--out=model.safetensors`.
+
+PATH is whatever `tlflax.load` takes. The file holds a torchvision-layout state dict (with the
+BatchNorms' `num_batches_tracked`) and, as metadata, the tlflax model name, width, image size,
+input mean and std and class names. In PyTorch:
+
+    import safetensors.torch, torchvision
+    model = torchvision.models.resnet50(num_classes=N)       # the *_imagenet models
+    model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
+
+tlflax's CIFAR ResNets (3x3 stride-1 stem, no max-pool) load into torchvision's ResNet once its
+stem is made the same: `model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False);
+model.maxpool = torch.nn.Identity()` (torchvision's ResNet classes have width 64).
+"""
+
+import sys
+
+from absl import app, flags
+
+from tlflax.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("to", "torchvision", ["torchvision"], "Target layout.")
+flags.DEFINE_string("in", None, "A run folder, a checkpoint, a safetensors file or hf://ORG/NAME.")
+flags.DEFINE_string("out", None, "The safetensors file to write.")
+
+
+def export(source: str, out: str) -> dict:
+  """Writes the model `source` names to `out` (torchvision layout); returns its info."""
+  import jax
+
+  from tlflax.use import loader
+  from tlflax.models import weights
+  model, variables, info = loader.load(source)
+  if model.padding != "torch":
+    raise UserError(f"{source} was trained with model.padding='same', whose stride-2 "
+                    "convolutions pad differently from PyTorch's: its weights would not give "
+                    "the same outputs there; retrain it with model.padding='torch' to export it")
+  meta = {k: info[k] for k in ("model", "width", "num_classes", "image_size", "mean", "std",
+                               "class_names", "source")}
+  weights.save(jax.device_get(variables), out, meta)
+  return info
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"tlflax.convert: error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    if not FLAGS["in"].value or not FLAGS.out:
+      raise UserError("pass --in=PATH (a run folder, checkpoint, safetensors file or "
+                      "hf://ORG/NAME) and --out=FILE.safetensors")
+    info = export(FLAGS["in"].value, FLAGS.out)
+  except UserError as e:
+    print(f"tlflax.convert: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"wrote {FLAGS.out}: {info['model']} (width {info['width']}, {info['num_classes']} "
+        f"classes, {info['image_size']} px) in torchvision layout")
+
+
+if __name__ == "__main__":
+  app.run(main)
