@@ -4,7 +4,7 @@
 
 Run by `benchmarks/gpu.sh --here DIR`, which first installs the carried wheels (`.whl/`) into a
 target folder on PYTHONPATH. In this order, each part skipped once `--budget_s` is spent:
-  1. `python -m tlflax.bench` at batch 512: full, stages:2, the cached linear probe, eval
+  1. `python -m tlflax.tools.bench` at batch 512: full, stages:2, the cached linear probe, eval
      (img/s, TFLOP/s, MFU, compile seconds), bfloat16, on the CIFAR ResNet-18;
   2. synthetic CIFAR-size epochs (50,000 32x32 images, `configs/cifar10_to_cifar100.py` with
      the synthetic datasets, bfloat16, the config's batch) of the pretraining, scratch, full
@@ -124,9 +124,9 @@ def machine() -> dict:
 
 def bench(fig: Figures, batch: int, rehearse: bool) -> None:
   path = fig.out / f"bench_{batch}.json"
-  args = ["-m", "tlflax.bench", *BENCH, f"--config.target.batch_size={batch}", f"--json={path}"]
+  args = ["-m", "tlflax.tools.bench", *BENCH, f"--config.target.batch_size={batch}", f"--json={path}"]
   if rehearse:
-    args = ["-m", "tlflax.bench", "--config=smoke", "--config.model.dtype=bfloat16", *TINY_BENCH,
+    args = ["-m", "tlflax.tools.bench", "--config=smoke", "--config.model.dtype=bfloat16", *TINY_BENCH,
             f"--config.target.batch_size={batch}", "--nostartup", f"--json={path}"]
   if fig.run(f"bench_{batch}", args):
     b = json.loads(path.read_text())

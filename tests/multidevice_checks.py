@@ -21,17 +21,16 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from runspecs import run_spec
 
-from tlflax.io import checkpoint
-from tlflax.data import task as task_lib
-from tlflax.models import resnet
-from tlflax.train import optim
-from tlflax import parallel
-from tlflax.train import steps
-from tlflax.train import run as run_lib
 from tlflax import config as config_lib
-from tlflax.train import epochs as epochs_lib
+from tlflax import parallel
 from tlflax.config import phase_config
+from tlflax.data import batches
+from tlflax.data import task as task_lib
 from tlflax.errors import UserError
+from tlflax.io import checkpoint
+from tlflax.models import resnet
+from tlflax.train import evaluation, optim, steps
+from tlflax.train import run as run_lib
 
 # ResNet-10: the parallel machinery does not depend on depth, and half the depth halves every
 # compilation of this file.
@@ -84,9 +83,9 @@ def steps_check(task, reference, placements) -> dict:
                              optim.learning_rate_schedule(PHASE, PHASE.epochs, 4), 10,
                              shapes["params"])
   variables = jax.device_get(resnet.init_variables(MODEL, 10, (16, 16, 3), 0))
-  host_data = {**task_lib.device_data(task.train, task.mean, task.std),
+  host_data = {**batches.device_data(task.train, task.mean, task.std),
                "aug_key": jax.random.key_data(jax.random.key(3))}
-  table = task_lib.epoch_rows(jax.random.key(1), 0, len(task.train), PHASE.batch_size)
+  table = batches.epoch_rows(jax.random.key(1), 0, len(task.train), PHASE.batch_size)
 
   def run(place):
     state = place.jit_replicated(functools.partial(steps.create_train_state, setup.tx))(
@@ -125,10 +124,10 @@ def steps_check(task, reference, placements) -> dict:
 def batch_check(task) -> dict:
   """The global batch built by 8 shards (each its own block) vs by one device."""
   place = parallel.Placement.create("shard_map")
-  host_data = task_lib.device_data(task.train, task.mean, task.std)
-  table = task_lib.epoch_rows(jax.random.key(1), 0, len(task.train), 32)
+  host_data = batches.device_data(task.train, task.mean, task.std)
+  table = batches.epoch_rows(jax.random.key(1), 0, len(task.train), 32)
   key = jax.random.key(5)
-  build = functools.partial(task_lib.shard_train_batch, crop_padding=2, flip=True)
+  build = functools.partial(batches.shard_train_batch, crop_padding=2, flip=True)
   whole = jax.jit(functools.partial(build, axis_name=None))(host_data, table[0], key)
   sharded = jax.jit(jax.shard_map(
       lambda d, rows, k: build(d, rows[0], k, axis_name=parallel.AXIS), mesh=place.mesh,
@@ -150,7 +149,7 @@ STREAM = config_lib.data_config(pipeline="stream")
 def _fit(task, place, run_dir, interrupt=False, data_cfg=None):
   """Two epochs; with `interrupt`, dies during epoch 2's evaluation (epoch 1 is checkpointed).
   `data_cfg`: config.data (None: the splits on the devices)."""
-  real = epochs_lib.evaluate
+  real = evaluation.evaluate
   calls = []
 
   def evaluate(*args, **kwargs):
@@ -159,7 +158,7 @@ def _fit(task, place, run_dir, interrupt=False, data_cfg=None):
       raise Interrupt
     return real(*args, **kwargs)
 
-  epochs_lib.evaluate = evaluate
+  evaluation.evaluate = evaluate
   try:
     return run_lib.fit(run_spec(PHASE, MODEL, checkpoint={"keep": 3, "async_save": True},
                               log_every_steps=100, data=data_cfg), task, run_dir,
@@ -167,7 +166,7 @@ def _fit(task, place, run_dir, interrupt=False, data_cfg=None):
   except Interrupt:
     return None
   finally:
-    epochs_lib.evaluate = real
+    evaluation.evaluate = real
 
 
 def resume_check(task, root, one, eight, pmap8) -> dict:

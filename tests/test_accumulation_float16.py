@@ -11,16 +11,13 @@ import optax
 import pytest
 from runspecs import run_spec
 
-from tlflax.io import checkpoint
-from tlflax.data import task as task_lib
-from tlflax.models import resnet
-from tlflax.train import optim
-from tlflax.train import preemption
-from tlflax.train import spec
-from tlflax.train import steps
-from tlflax.train import run as run_lib
 from tlflax import config as config_lib
+from tlflax.data import task as task_lib
 from tlflax.errors import Stopped
+from tlflax.io import checkpoint
+from tlflax.models import resnet
+from tlflax.train import optim, preemption, spec, steps
+from tlflax.train import run as run_lib
 
 MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
 

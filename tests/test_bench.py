@@ -1,4 +1,4 @@
-"""`python -m tlflax.bench`: the step benchmark's JSON, its numbers' relations, its errors."""
+"""`python -m tlflax.tools.bench`: the step benchmark's JSON, its numbers' relations, its errors."""
 
 import json
 import os
@@ -14,13 +14,13 @@ TINY = ["--config=smoke", "--config.model.name=resnet10", "--config.model.width=
 
 def _bench(*args, timeout=600):
   # The session's compilation cache: only speed depends on it (start-up times use their own).
-  return subprocess.run([sys.executable, "-m", "tlflax.bench", *TINY, f"--cache_dir={JAX_CACHE}",
-                         *args], cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-m", "tlflax.tools.bench", *TINY,
+                         f"--cache_dir={JAX_CACHE}", *args], cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
                         timeout=timeout, check=False)
 
 
 def test_step_benchmark_writes_every_variant_with_consistent_numbers(tmp_path):
-  # --nostartup: the start-up figures cost two cold subprocesses (tlflax/bench.py _startup).
+  # --nostartup: the start-up figures cost two cold subprocesses (tlflax/tools/bench.py _startup).
   out = _bench(f"--json={tmp_path / 'b.json'}", "--steps=2", "--peak_tflops=0.1", "--nostartup")
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads((tmp_path / "b.json").read_text())
@@ -44,9 +44,9 @@ def test_bad_variant_and_missing_torch_are_one_line_errors(tmp_path):
   out = _bench("--variants=full,fast", "--nostartup")
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (
-      "tlflax.bench: error: unknown variant 'fast': use full, stages:N, linear_probe or eval")
+      "tlflax.tools.bench: error: unknown variant 'fast': use full, stages:N, linear_probe or eval")
   out = _bench("--variants=eval", "--nostartup", "--steps=1", "--compare-torch",
                f"--torch_python={tmp_path / 'no-python'}")
   assert out.returncode == 2
   last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith("tlflax.bench: error: --compare-torch:") and "--torch_python" in last
+  assert last.startswith("tlflax.tools.bench: error: --compare-torch:") and "--torch_python" in last

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from runspecs import run_spec
 
-from tlflax.io import checkpoint
-from tlflax.data import task as task_lib
-from tlflax.train import run as run_lib
 from tlflax import config as config_lib
-from tlflax.train import epochs as epochs_lib
+from tlflax.data import task as task_lib
+from tlflax.io import checkpoint
+from tlflax.train import evaluation
+from tlflax.train import run as run_lib
 
 MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
 PHASE = config_lib.phase_config("synthetic10", 3, train_split="train[:96]", test_split="test[:24]",
@@ -101,8 +101,8 @@ def test_stop_requests_save_mid_epoch_and_the_resumes_are_exact(task, whole, tmp
   """Stopped after step 3 (epoch 1 trained, not yet evaluated), resumed and stopped again after
   step 7 (inside epoch 3, after the unfreeze changed the optimizer's layout), resumed to the end:
   the same parameters and metrics as the uninterrupted run."""
-  from tlflax.train import preemption
   from tlflax.errors import Stopped
+  from tlflax.train import preemption
   _, whole = whole
   run_dir = tmp_path / "cut"
   for stop_at, position in ((3, (0, 3)), (7, (2, 1))):
@@ -136,7 +136,7 @@ def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, t
                               checkpoint={**CKPT, "every_epochs": 2}, eval_every_epochs=2,
                               log_every_steps=1), task, str(run_dir))
 
-  real_evaluate = epochs_lib.evaluate
+  real_evaluate = evaluation.evaluate
   calls = []
 
   def evaluate_then_die(*args, **kwargs):
@@ -145,7 +145,7 @@ def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, t
       raise Interrupt
     return real_evaluate(*args, **kwargs)
 
-  monkeypatch.setattr(epochs_lib, "evaluate", evaluate_then_die)
+  monkeypatch.setattr(evaluation, "evaluate", evaluate_then_die)
   with pytest.raises(Interrupt):
     fit(tmp_path / "cut")
   monkeypatch.undo()

@@ -5,9 +5,10 @@ import pathlib
 import pytest
 from conftest import run_cli
 
-from tlflax.config import cli
 from tlflax import config as config_lib
+from tlflax.config import cli, reference
 from tlflax.errors import UserError
+from tlflax.train import checks
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,7 @@ def test_mode_config_prints_every_key_with_value_and_meaning(tmp_path):
 def test_the_config_reference_in_docs_is_generated_from_the_tables():
   """docs/config.md is `python -m tlflax.config`'s output: regenerate it when a key changes."""
   doc = (REPO / "docs" / "config.md").read_text()
-  assert doc == config_lib.reference_markdown()
+  assert doc == reference.markdown()
   base = config_lib.flat_keys(config_lib.base_config())
   for key in base:
     if not key.startswith("arms."):
@@ -93,10 +94,9 @@ def test_the_config_reference_in_docs_is_generated_from_the_tables():
 
 
 def test_the_imagenet_config_fine_tunes_a_resnet50_from_hub_weights():
-  from tlflax.study import experiments
   config = _load("imagenet_to_cifar100")
-  config_lib.validate(config)
-  experiments.check_arm_rules(config)
+  checks.validate(config)
+  checks.arm_rules(config)
   assert (config.model.name, config.transfer.init_from) == ("resnet50_imagenet",
                                                             "hf://timm/resnet50.tv_in1k")
   assert (config.target.image_size, config.target.learning_rate) == (128, 0.01)

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from tlflax.models import conv
-from tlflax.models import resnet
-from tlflax.train import steps
 from tlflax.errors import UserError
+from tlflax.models import conv, resnet
+from tlflax.train import steps
 
 DN = ("NHWC", "HWIO", "NHWC")
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tlflax.data import batches
 from tlflax.data import task as task_lib
 from tlflax.errors import UserError
 
@@ -97,7 +98,7 @@ def _batch_of(images, **kw):
   n = len(images)
   on_device = {"images": jnp.asarray(images), "labels": jnp.arange(n, dtype=jnp.int32),
                "mean": jnp.zeros(3), "std": jnp.ones(3) / 255.0}
-  batch = jax.jit(functools.partial(task_lib.shard_train_batch, axis_name=None, **kw))(
+  batch = jax.jit(functools.partial(batches.shard_train_batch, axis_name=None, **kw))(
       on_device, jnp.arange(n), jax.random.key(0))
   return np.asarray(batch["image"]).round().astype(np.int64)  # undoes the /255 normalisation
 
@@ -129,12 +130,12 @@ def test_crop_is_a_shifted_window_of_the_zero_padded_image():
 def test_eval_batches_are_untouched_and_masked():
   split = task_lib.synthetic_split("synthetic10", "test[:37]")
   mean, std = task_lib.channel_stats(split.images)
-  padded = task_lib.pad_for_eval(split, 16)
+  padded = batches.pad_for_eval(split, 16)
   assert len(padded) == 48
-  on_device = task_lib.device_data(padded, mean, std)
+  on_device = batches.device_data(padded, mean, std)
   seen = 0
   for i in range(3):
-    batch = task_lib.shard_eval_batch(on_device, jnp.arange(i * 16, (i + 1) * 16))
+    batch = batches.shard_eval_batch(on_device, jnp.arange(i * 16, (i + 1) * 16))
     mask = np.asarray(batch["mask"])
     real = split.images[i * 16:(i + 1) * 16]
     expected = (real / 255.0 - mean) / std
@@ -146,11 +147,11 @@ def test_eval_batches_are_untouched_and_masked():
 
 def test_epoch_rows_are_a_seeded_permutation_without_the_remainder():
   key = jax.random.key(0)
-  rows = task_lib.epoch_rows(key, 3, 100, 32)
+  rows = batches.epoch_rows(key, 3, 100, 32)
   assert rows.shape == (3, 32) and rows.dtype == np.int32
   assert len(np.unique(rows)) == 96 and rows.min() >= 0 and rows.max() < 100
-  np.testing.assert_array_equal(rows, task_lib.epoch_rows(key, 3, 100, 32))
-  assert not np.array_equal(rows, task_lib.epoch_rows(key, 4, 100, 32))
+  np.testing.assert_array_equal(rows, batches.epoch_rows(key, 3, 100, 32))
+  assert not np.array_equal(rows, batches.epoch_rows(key, 4, 100, 32))
 
 
 def test_load_task_synthetic_normalises_with_train_statistics():
@@ -182,7 +183,7 @@ def test_batches_follow_the_epoch_permutation_and_each_step_augments_anew(monkey
   labels = np.arange(n, dtype=np.int32)  # label = example index: shows which rows came
   images = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
   split = task_lib.Split(images, labels)
-  on_device = task_lib.device_data(split, np.zeros(3), np.ones(3))
+  on_device = batches.device_data(split, np.zeros(3), np.ones(3))
   on_device["aug_key"] = np.asarray(jax.random.key_data(jax.random.key(7)))
   step_fn = jax.jit(functools.partial(steps.train_step_on_data, model=None, tx=None,
                                       crop_padding=2, flip=True))
@@ -190,7 +191,7 @@ def test_batches_follow_the_epoch_permutation_and_each_step_augments_anew(monkey
   per_epoch = n // bs
 
   def batch_at(step):
-    rows = task_lib.epoch_rows(order_key, step // per_epoch, n, bs)
+    rows = batches.epoch_rows(order_key, step // per_epoch, n, bs)
     state = steps.TrainState(step=jnp.asarray(step, jnp.int32), params={}, batch_stats={},
                              opt_state={})
     _, batch = step_fn(state, on_device, jnp.asarray(rows))

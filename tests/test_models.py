@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tlflax import config as config_lib
-from tlflax.models import resnet
 from tlflax.errors import UserError
+from tlflax.models import resnet
 
 
 def _shapes(model, size=32):

@@ -42,7 +42,7 @@ def test_eta_counts_training_steps_only(caplog, monkeypatch):
   """Compiling for 100 s before the first step, then 1 s a step: the ETA is the steps left at
   1 s each, not 100 s a step; a resumed phase (starting at epoch 2 of 3) counts its own steps."""
   clock = [0.0]
-  monkeypatch.setattr("tlflax.monitor.time.perf_counter", lambda: clock[0])
+  monkeypatch.setattr("tlflax.train.monitor.time.perf_counter", lambda: clock[0])
   progress = Progress("scratch", epochs=3, steps_per_epoch=4, batch_size=8, log_every_steps=2,
                       stream=io.StringIO())
   with caplog.at_level(logging.INFO):

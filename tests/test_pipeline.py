@@ -6,9 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tlflax.data import task as task_lib
 from tlflax import parallel
 from tlflax.data import feeds
+from tlflax.data import task as task_lib
 
 
 def _task(n=100, size=8):
@@ -31,7 +31,7 @@ def test_a_task_streams_only_when_it_exceeds_the_device_budget():
   assert kind == "stream" and why == "0.0 MiB of images > the device budget of 0.0 MiB"  # 21 kB
   assert (feeds._size(2**31), feeds._size(5 * 2**20)) == ("2.00 GiB", "5.0 MiB")
   assert feeds.choose(_cfg("device", budget=1e-9), task, place) == ("device",
-                                                                      "task_lib.pipeline='device'")
+                                                                      "data.pipeline='device'")
   assert feeds.choose(_cfg("stream"), task, place)[0] == "stream"
   auto = feeds.device_budget_bytes(0.0, place)  # CPU: a quarter of the host's share
   assert 0 < auto < 2**50 and feeds.choose(_cfg(), task, place)[0] == "device"

@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 from runspecs import run_spec
 
-from tlflax.io import checkpoint
-from tlflax.data import task as task_lib
-from tlflax.models import resnet
-from tlflax.train import optim
-from tlflax import parallel
-from tlflax.train import probe
-from tlflax.train import steps
-from tlflax.train import run as run_lib
 from tlflax import config as config_lib
-from tlflax.train import epochs as epochs_lib
+from tlflax import parallel
+from tlflax.data import batches
+from tlflax.data import task as task_lib
 from tlflax.errors import UserError
+from tlflax.io import checkpoint
+from tlflax.models import resnet
+from tlflax.train import checks, evaluation, optim, probe, steps
+from tlflax.train import run as run_lib
 
 MODEL = config_lib.model_config(name="resnet10", width=4, dtype="float32")
 BASE = {"train_split": "train[:96]", "test_split": "test[:24]", "image_size": 16,
@@ -71,9 +69,9 @@ def test_a_cached_step_costs_a_small_fraction_of_an_uncached_one(task):
                              variables["params"], note=print)
   state = steps.create_train_state(setup.tx, variables)
   placement = parallel.Placement.create()
-  train_data = placement.replicate(task_lib.device_data(task.train, task.mean, task.std))
+  train_data = placement.replicate(batches.device_data(task.train, task.mean, task.std))
   train_data["aug_key"] = placement.replicate(np.zeros(2, np.uint32))
-  rows = placement.rows(task_lib.epoch_rows(jax.random.key(0), 0, 96, 32))
+  rows = placement.rows(batches.epoch_rows(jax.random.key(0), 0, 96, 32))
   features = {"features": np.zeros((96, 32), np.float32), "labels": train_data["labels"]}
 
   def flops(fn, batch_data):
@@ -97,16 +95,16 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
   a run killed during epoch 3 resumes from epoch 2 and ends where the uninterrupted one does."""
   phase = _phase(epochs=3)
   schedule = {"unfreeze": ((2, "stages:2"),)}
-  real = epochs_lib.evaluate
+  real = evaluation.evaluate
   seen = []  # the params at every evaluation, i.e. after epochs 1, 2 and 3
 
   def evaluate_and_keep(eval_fn, state, *args, **kwargs):
     seen.append(jax.device_get(state.params))
     return real(eval_fn, state, *args, **kwargs)
 
-  monkeypatch.setattr(epochs_lib, "evaluate", evaluate_and_keep)
+  monkeypatch.setattr(evaluation, "evaluate", evaluate_and_keep)
   whole = _fit(task, tmp_path / "whole", phase, True, **schedule)
-  monkeypatch.setattr(epochs_lib, "evaluate", real)
+  monkeypatch.setattr(evaluation, "evaluate", real)
   init = jax.device_get(resnet.init_variables(MODEL, 10, (16, 16, 3), 0)["params"])
 
   def same(params, prefix):
@@ -130,10 +128,10 @@ def test_interrupted_probe_then_unfreezing_resumes_like_an_uninterrupted_run(
       raise Interrupt
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(epochs_lib, "evaluate", evaluate_then_die)
+  monkeypatch.setattr(evaluation, "evaluate", evaluate_then_die)
   with pytest.raises(Interrupt):
     _fit(task, tmp_path / "cut", phase, True, **schedule)
-  monkeypatch.setattr(epochs_lib, "evaluate", real)
+  monkeypatch.setattr(evaluation, "evaluate", real)
   ckpts = checkpoint.RunCheckpoints(str(tmp_path / "cut" / "checkpoints"))
   assert ckpts.latest_step() == 2 * 3
   ckpts.close()
@@ -159,7 +157,7 @@ def test_cache_mode_follows_policy_and_bad_values_are_user_errors():
   config = config_lib.base_config()
   config.transfer.cache_features = "yes"
   with pytest.raises(UserError, match="cache_features must be 'fixed', 'augmented' or 'off'"):
-    config_lib.validate(config)
+    checks.validate(config)
   assert [probe.check_mode(v) for v in (True, "True", "fixed", "augmented", False, "off")] == [
       "fixed", "fixed", "fixed", "augmented", None, None]
 

@@ -7,8 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tlflax.study import plots
-from tlflax.study import report
+from tlflax.study import plots, report
 
 
 def _run(run_dir, seed, accuracies, events=(), mode="scratch", study=None, val=None,
@@ -297,10 +296,10 @@ def test_loss_plot_is_on_a_log_axis_with_bands_inside_the_seeds_range(tmp_path, 
   axes = {}
   real = plots._save
 
-  def keep(plt, fig, ax, xlabel, ylabel, path):
+  def keep(fig, ax, xlabel, ylabel, path):
     axes[os.path.basename(path)] = (ax.get_yscale(), [c.get_paths()[0].vertices[:, 1]
                                                       for c in ax.collections], ylabel)
-    real(plt, fig, ax, xlabel, ylabel, path)
+    real(fig, ax, xlabel, ylabel, path)
 
   monkeypatch.setattr(plots, "_save", keep)
   report.write_report(str(tmp_path))

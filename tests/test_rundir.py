@@ -5,9 +5,10 @@ import os
 
 import pytest
 
-from tlflax.io import rundir
 from tlflax.config import base_config
 from tlflax.errors import UserError
+from tlflax.io import rundir
+from tlflax.train import source as source_lib
 
 
 def _config(**source):
@@ -40,10 +41,10 @@ def test_a_changed_config_is_refused_once_something_was_trained(tmp_path):
 
 def test_a_transfer_run_depends_on_its_source_config(tmp_path):
   workdir = str(tmp_path)
-  first = rundir.resolve_source(_config(epochs=1), workdir)
+  first = source_lib.resolve(_config(epochs=1), workdir)
   assert first.run == os.path.join(workdir, "pretrain") and first.pretrain.seed == 0
-  assert first == rundir.resolve_source(_config(epochs=1), workdir)  # a stable hash
-  second = rundir.resolve_source(_config(epochs=3, learning_rate=0.2), workdir)
+  assert first == source_lib.resolve(_config(epochs=1), workdir)  # a stable hash
+  second = source_lib.resolve(_config(epochs=3, learning_rate=0.2), workdir)
   assert second.config_sha256 != first.config_sha256
   run_dir = os.path.join(workdir, "transfer")
   rundir.open_run(run_dir, "transfer", _config(epochs=1), first.record())
@@ -65,15 +66,15 @@ def test_init_from_an_unfinished_run_needs_an_explicit_step(tmp_path):
   config = _config(epochs=1)
   config.transfer.init_from = str(source)
   with pytest.raises(UserError, match=rf"has not finished.*init_from={source}/checkpoints/16"):
-    rundir.resolve_source(config, str(tmp_path))
+    source_lib.resolve(config, str(tmp_path))
   config.transfer.init_from = str(source / "checkpoints" / "8")
-  named = rundir.resolve_source(config, str(tmp_path))
+  named = source_lib.resolve(config, str(tmp_path))
   assert named.run == str(source) and named.pretrain is None
   assert named.config_sha256 == rundir.config_hash(
       rundir.read_json(str(source / "config.json")), "pretrain")
   (source / "summary.json").write_text(json.dumps({"final": {}}))
   config.transfer.init_from = str(source)
-  assert rundir.resolve_source(config, str(tmp_path)) == named
+  assert source_lib.resolve(config, str(tmp_path)) == named
 
 
 def test_a_failed_start_leaves_no_folder_but_a_trained_one_is_kept(tmp_path):

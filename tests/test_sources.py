@@ -15,9 +15,9 @@ from conftest import (
 )
 from PIL import Image
 
-from tlflax.data import task as task_lib
-from tlflax.data import sources
 from tlflax.config import phase_config
+from tlflax.data import sources
+from tlflax.data import task as task_lib
 from tlflax.errors import UserError
 
 COLOURS = {"blue": (30, 30, 200), "green": (30, 200, 30), "red": (200, 30, 30)}

@@ -185,7 +185,7 @@ def test_orbax_gets_tensorstore_s3_specs_and_every_other_path_what_it_had(monkey
 def test_an_orbax_whose_internals_moved_is_one_line_not_a_wrong_checkpoint():
   code = ("from orbax.checkpoint._src.serialization import tensorstore_utils as t\n"
           "del t._use_gcs_driver\n"
-          "from tlflax import s3\n"
+          "from tlflax.io import s3\n"
           "try:\n  s3.enable()\nexcept Exception as e:\n  print(type(e).__name__, e)\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=120, check=False)

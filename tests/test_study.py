@@ -152,14 +152,14 @@ def test_a_study_with_two_arms_and_two_budgets_then_transfer_mode(tmp_path):
 def test_the_arms_config_lays_out_the_whole_study():
   import importlib.util
 
-  from tlflax import config as config_lib
   from tlflax.study import experiments
+  from tlflax.train import checks
   spec = importlib.util.spec_from_file_location("arms", REPO / "configs/cifar10_to_cifar100_arms.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  config_lib.validate(config)
-  experiments.check_arm_rules(config)
+  checks.validate(config)
+  checks.arm_rules(config)
   names = [e.name for e in experiments.experiments(config)]
   assert len(names) == 20 and len(config.seeds) == 3
   assert names[:5] == ["scratch_5shot", "transfer_full_5shot", "transfer_gradual_5shot",
@@ -179,10 +179,10 @@ def test_the_sweep_config_gives_each_learning_rate_its_experiment_and_identity()
   from tlflax.config import cli
   from tlflax.io import rundir
   from tlflax.study import experiments
-  from tlflax import config as config_lib
+  from tlflax.train import checks
   for arg, seeds in (("", (0,)), (":smoke", (0,))):
     config = cli.load(f"lr_sweep{arg}")
-    config_lib.validate(config)
+    checks.validate(config)
     assert tuple(config.seeds) == seeds
     runs = {e.name: e.config(config, 0) for e in experiments.experiments(config)}
     assert sorted(runs) == ["scratch", "transfer_lr-1e-1", "transfer_lr-1e-2", "transfer_lr-3e-2"]
@@ -210,8 +210,9 @@ def test_the_sweep_config_gives_each_learning_rate_its_experiment_and_identity()
 def test_an_arm_overriding_a_target_key_is_checked_like_the_target(arm, expected):
   from tlflax import config as config_lib
   from tlflax.errors import UserError
+  from tlflax.train import checks
   config = config_lib.base_config()
   config.arms = config_lib.arms_config({"a": arm})
   with pytest.raises(UserError) as e:
-    config_lib.validate(config)
+    checks.validate(config)
   assert expected in str(e.value) and "\n" not in str(e.value)

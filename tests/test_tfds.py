@@ -12,8 +12,8 @@ from conftest import (
   run_cli,
 )
 
-from tlflax.data import task as task_lib
 from tlflax.config import phase_config
+from tlflax.data import task as task_lib
 from tlflax.errors import UserError
 
 

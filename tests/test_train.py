@@ -9,16 +9,15 @@ import optax
 import pytest
 from runspecs import run_spec
 
-from tlflax.io import checkpoint
-from tlflax.data import task as task_lib
-from tlflax.models import resnet
-from tlflax.train import optim
-from tlflax import parallel
-from tlflax.train import steps
-from tlflax.train import run as run_lib
-from tlflax.train import epochs
 from tlflax import config as config_lib
+from tlflax import parallel
 from tlflax.config import phase_config
+from tlflax.data import batches
+from tlflax.data import task as task_lib
+from tlflax.io import checkpoint
+from tlflax.models import resnet
+from tlflax.train import evaluation, optim, steps
+from tlflax.train import run as run_lib
 
 MODEL = config_lib.model_config(name="resnet18", width=4, dtype="float32")
 
@@ -43,7 +42,7 @@ def test_a_few_steps_lower_the_loss(dtype):
   state = steps.create_train_state(
       tx, resnet.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx))
-  batch = {"image": task_lib.normalize(jnp.asarray(task.train.images[:64]), task.mean, task.std),
+  batch = {"image": batches.normalize(jnp.asarray(task.train.images[:64]), task.mean, task.std),
            "label": jnp.asarray(task.train.labels[:64])}
   losses = []
   for _ in range(8):
@@ -60,14 +59,14 @@ def test_evaluation_counts_every_example_once_and_matches_a_direct_computation()
   state = steps.create_train_state(
       optax.sgd(0.1), resnet.init_model(model, jax.random.key(0), task.train.images.shape[1:]))
   place = parallel.Placement.create()
-  padded = task_lib.pad_for_eval(task.test, 16)
-  test_data = place.replicate(task_lib.device_data(padded, task.mean, task.std))
+  padded = batches.pad_for_eval(task.test, 16)
+  test_data = place.replicate(batches.device_data(padded, task.mean, task.std))
   rows = place.rows(np.arange(48, dtype=np.int32).reshape(3, 16))
   eval_fn = place.spmd(functools.partial(steps.eval_step_on_data, model=model), 4, split=(2,))
-  result = epochs.evaluate(eval_fn, state, {"test": (0, 3)},
+  result = evaluation.evaluate(eval_fn, state, {"test": (0, 3)},
                           lambda lo, hi: ((test_data, rows, i) for i in range(lo, hi)))
   assert result["test_count"] == 37
-  images = task_lib.normalize(jnp.asarray(task.test.images), task.mean, task.std)
+  images = batches.normalize(jnp.asarray(task.test.images), task.mean, task.std)
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)
   labels = jnp.asarray(task.test.labels)
   loss = float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)))

@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 from runspecs import run_spec
 
-from tlflax.io import checkpoint
-from tlflax.models import resnet
-from tlflax.train import optim
-from tlflax.train import steps
-from tlflax.train import run as run_lib
-from tlflax.train import transfer
 from tlflax import config as config_lib
 from tlflax.errors import UserError
+from tlflax.io import checkpoint
+from tlflax.models import resnet
+from tlflax.train import optim, steps, transfer
+from tlflax.train import run as run_lib
 
 MODEL = config_lib.model_config(name="resnet18", width=4, dtype="float32")
 PHASE = config_lib.phase_config("synthetic10", 2, learning_rate=0.1, weight_decay=0.05,

@@ -11,11 +11,9 @@ from conftest import run_cli
 from PIL import Image
 
 import tlflax
-from tlflax.data import task as task_lib
-from tlflax.use import evaluate
-from tlflax.use import export
-from tlflax.use import prediction
 from tlflax.data import sources
+from tlflax.data import task as task_lib
+from tlflax.use import evaluate, export, prediction
 
 
 def _records(run_dir):
@@ -146,7 +144,7 @@ def test_export_serves_the_models_probabilities_in_jax_and_tensorflow(tiny_scrat
   served = export.load_jax(str(tmp_path / "export" / "jax"))
   for n in (5, 2):  # the batch dimension is symbolic
     np.testing.assert_allclose(np.asarray(served(pixels[:n])), want[:n], atol=1e-5)
-  tf = sources._tf()
+  tf = sources.tensorflow()
   saved = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
   got = saved.signatures["serving_default"](images=tf.constant(pixels))["probabilities"]
   np.testing.assert_allclose(got.numpy(), want, atol=1e-5)

@@ -16,11 +16,9 @@ import pytest
 from conftest import run_cli
 
 import tlflax
-from tlflax.use import convert
-from tlflax.models import resnet
-from tlflax.models import torch_layout
-from tlflax.models import weights
 from tlflax.errors import UserError
+from tlflax.models import resnet, torch_layout, weights
+from tlflax.use import convert
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 

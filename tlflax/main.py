@@ -33,10 +33,17 @@ import os
 import sys
 import traceback
 
+import jax
 from absl import app, flags, logging
 
+from tlflax import parallel
 from tlflax.config import cli as cli_lib
 from tlflax.errors import DIVERGED, Stopped, UserError
+from tlflax.io import storage
+from tlflax.study import experiments
+from tlflax.train import checks, preemption, tracking
+from tlflax.train import phase as phase_lib
+from tlflax.use import evaluate, export, prediction
 
 MODES = ("pretrain", "scratch", "transfer", "compare", "report", "config", "evaluate", "predict",
          "export")
@@ -83,7 +90,6 @@ class _OwnInfoOnly(logging_std.Filter):
 
 def _setup_jax() -> None:
   """Persistent compilation cache: a rerun of the same config skips XLA compilation."""
-  import jax
   cache = os.environ.get("TLFLAX_JAX_CACHE", os.path.expanduser("~/.cache/tlflax/jax"))
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
@@ -92,12 +98,6 @@ def _setup_jax() -> None:
 
 def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
   """Validates the config and dispatches to the mode (`model`, `input_spec`: --model, --input)."""
-  from tlflax import config as config_lib
-  from tlflax import parallel
-  from tlflax.train import phase as phase_lib
-  from tlflax.io import storage
-  from tlflax.study import experiments
-  from tlflax.train import tracking
   if mode not in MODES:
     raise UserError(f"unknown --mode={mode}: choose one of {', '.join(MODES)}")
   storage.check(workdir)
@@ -105,15 +105,15 @@ def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
   if mode == "report":
     tracking.check(config.track)
     return experiments.write_report(workdir, config.report.include_unfinished, config.track)
-  config_lib.validate(config)
+  checks.validate(config)
   storage.check(config.transfer.init_from, "--config.transfer.init_from")
   if mode == "config":
     print(cli_lib.describe(config), flush=True)
     return None
   if mode == "transfer":
-    experiments.check_arm_rules(config, arms=False)
+    checks.arm_rules(config, arms=False)
   elif mode == "compare":
-    experiments.check_arm_rules(config)
+    checks.arm_rules(config)
   placement = parallel.Placement.create(config.parallel)
   if mode in USING:
     return _use(mode, config, workdir, model, input_spec, placement)
@@ -124,9 +124,6 @@ def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
 
 def _use(mode: str, config, workdir: str, model: str, input_spec: str, placement) -> str:
   """The modes that use a trained model; returns the folder they wrote."""
-  from tlflax.use import evaluate
-  from tlflax.use import export
-  from tlflax.use import prediction
   if not model:
     raise UserError(f"--mode={mode} needs --model=PATH: a run folder, one of its checkpoints, a "
                     "safetensors file or hf://ORG/NAME")
@@ -146,7 +143,6 @@ def _use(mode: str, config, workdir: str, model: str, input_spec: str, placement
 def _start_devices() -> None:
   """jax.distributed when this is one process of several, then the accelerator check; logs what
   the run trains on (only process 0 logs INFO lines)."""
-  from tlflax import parallel
   parallel.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                       FLAGS.distributed)
   parallel.check_accelerator()
@@ -168,8 +164,6 @@ def main(argv: list[str]) -> None:
       run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
       return
     _start_devices()
-    from tlflax import parallel
-    from tlflax.train import preemption
     preemption.install(parallel.describe()["processes"])
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.model, FLAGS.input)
   except UserError as e:

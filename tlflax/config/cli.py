@@ -1,6 +1,6 @@
 """Everything about `--config`: the shipped configs' names, loading a config file, the
 `--config.KEY=VALUE` overrides, their one-line errors, and `--mode=config`'s listing. Used by
-`tlflax.main` and `tlflax.bench`.
+`tlflax.main` and `tlflax.tools.bench`.
 
 `--config` is the name of a shipped config (`smoke`, `cifar10_to_cifar100`; `NAME:ARG` passes ARG
 to its `get_config`) or the path of a config file (`FILE[:ARG]`). The file is loaded here, once;
@@ -149,6 +149,20 @@ def parse(argv: list[str], default: str = DEFAULT, flag_values=flags.FLAGS) -> l
     raise
   except flags.Error as e:
     raise UserError(f"{_first_line(e)} (see --helpshort)") from e
+
+
+def parse_plain(argv: list[str], program: str) -> list[str]:
+  """absl's parsing for a command without --config (`program` names it in errors): --help exits
+  0 as in `parse`, a bad flag is one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit as e:
+    if e.code == 1 and any(a.split("=")[0] in _HELP for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except flags.Error as e:
+    print(f"{program}: error: {_first_line(e)} (see --helpshort)", file=sys.stderr)
+    sys.exit(2)
 
 
 def _first_line(e: BaseException) -> str:

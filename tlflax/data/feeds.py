@@ -1,21 +1,22 @@
 """Where a run's batches come from: the splits on the devices, or streamed from host memory.
 
-`make_feed` picks one of two feeds with one interface, so a run (`trainer.Trainer`) takes its
-batches from either the same way.
+`make_feed` picks one of two feeds with one interface, so a run (`tlflax.train.epochs.Trainer`)
+takes its batches from either the same way.
 
 `DeviceFeed` (the default) keeps the splits on the devices, a full copy on each: every step
 gathers, augments and normalises its batch from there, with no host work. A split too large for
-that (more than `data.device_budget_gb`, by default a
-quarter of the smallest device's memory) streams instead: every step, each process gathers its
+that (more than `data.device_budget_gb`, by default a quarter of the smallest device's memory)
+streams instead: every step, each process gathers its
 own columns of the global batch from the host copy of the split (in RAM or memory-mapped, see
 `sources.host_array`), a background thread puts `data.prefetch` batches ahead on the devices, and
 the devices augment and normalise them as on the device path.
 
 The batches are the same: the host gathers the rows of the same seeded epoch table
-(`data.epoch_rows`), and each example is augmented on the device with the same key, fold_in(key of
-the step, its position in the global batch). A streamed run therefore follows the device path's
-curve, and resumes mid-epoch exactly. The cached linear probe (`probe.py`) needs the split on
-the devices; a streamed run trains its frozen backbone's head on images instead.
+(`batches.epoch_rows`), and each example is augmented on the device with the same key,
+fold_in(key of the step, its position in the global batch). A streamed run therefore follows the
+device path's curve, and resumes mid-epoch exactly. The cached linear probe (`tlflax.train.probe`)
+needs the split on the devices; a streamed run trains its frozen backbone's head on images
+instead.
 """
 
 import itertools
@@ -26,8 +27,8 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
+from tlflax.data import batches, sources
 from tlflax.data import task as task_lib
-from tlflax.data import sources
 
 DEVICE_SHARE = 4  # data.device_budget_gb=0: a quarter of the smallest device's memory
 
@@ -86,19 +87,19 @@ def eval_layout(placement, task: task_lib.Task, eval_batch_size: int
 
 def place_data(placement, task: task_lib.Task, eval_batch_size: int):
   """The train split replicated on every device, then what `place_eval` places."""
-  train_data = placement.replicate(task_lib.device_data(task.train, task.mean, task.std))
+  train_data = placement.replicate(batches.device_data(task.train, task.mean, task.std))
   return (train_data,) + place_eval(placement, task, eval_batch_size)
 
 
 def place_eval(placement, task: task_lib.Task, eval_batch_size: int):
   """The evaluation splits replicated on every device, padded and joined as `eval_layout` says;
   the table of evaluation batches, and each split's [first, last) batches in it (see
-  `trainer.evaluate`)."""
+  `tlflax.train.evaluation`)."""
   splits, eval_bs, parts = eval_layout(placement, task, eval_batch_size)
-  padded = [task_lib.pad_for_eval(s, eval_bs) for s in splits.values()]
+  padded = [batches.pad_for_eval(s, eval_bs) for s in splits.values()]
   joined = task_lib.Split(np.concatenate([s.images for s in padded]),
                           np.concatenate([s.labels for s in padded]))
-  eval_data = placement.replicate(task_lib.device_data(joined, task.mean, task.std))
+  eval_data = placement.replicate(batches.device_data(joined, task.mean, task.std))
   eval_rows = placement.rows(np.arange(len(joined), dtype=np.int32).reshape(-1, eval_bs))
   return eval_data, eval_rows, parts
 

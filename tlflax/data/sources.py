@@ -44,6 +44,8 @@ class Loaded:
 
 def import_tfds():
   """Imports tfds with TensorFlow kept off every GPU, so it never takes memory from JAX."""
+  # Lazily, here alone: TensorFlow takes seconds to import and must be kept off the GPUs first;
+  # runs on synthetic data or cached features never import it.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
     import tensorflow as tf
@@ -56,9 +58,10 @@ def import_tfds():
   return tfds
 
 
-def _tf():
+def tensorflow():
+  """TensorFlow, imported as `import_tfds` imports it (off every GPU)."""
   import_tfds()
-  import tensorflow as tf
+  import tensorflow as tf  # lazily, as in import_tfds
   return tf
 
 
@@ -77,7 +80,7 @@ def image_fitter(size: int, resize: str):
   have no Python side effects, or AutoGraph tries to convert them and logs their repr (an
   `os.environ` method's repr is every environment variable). Maps use it through `_traced`.
   """
-  tf = _tf()
+  tf = tensorflow()
 
   def resized(image, h, w):
     if resize == "center_crop":
@@ -112,7 +115,7 @@ def _traced(fn):
   """`fn` as tf.data traces it, without AutoGraph: tlflax's map functions are plain graph code
   (tf.cond, no Python control flow on tensors), so there is nothing to convert, and nothing of
   the process (its environment included) can end up in a conversion warning."""
-  return _tf().autograph.experimental.do_not_convert(fn)
+  return tensorflow().autograph.experimental.do_not_convert(fn)
 
 
 def available_bytes() -> int:
@@ -173,7 +176,7 @@ def collect(ds, count: int, size: int, host_budget_gb: float, spill_dir: str
 def _few_download_retries(retries: int = 4):
   """tfds retries a failed download 10 times with exponential backoff (~3.5 minutes offline);
   4 retries (~3 s of backoff) still ride out a blip but let an offline machine fail fast."""
-  from tensorflow_datasets.core.download import downloader
+  from tensorflow_datasets.core.download import downloader  # lazily: see import_tfds
   saved = downloader.MAX_RETRIES
   downloader.MAX_RETRIES = retries
   try:
@@ -237,7 +240,7 @@ def tfds_split(name: str, split: str, data_dir: str | None, *, image_size: int,
   require(np.dtype(dtype) == np.uint8,
           f"tfds dataset {name!r} has images of dtype {np.dtype(dtype)}; tlflax reads uint8 "
           "images: choose an image-classification dataset")
-  tf, fit = _tf(), image_fitter(image_size, resize)
+  tf, fit = tensorflow(), image_fitter(image_size, resize)
   ds = ds.map(_traced(lambda ex: (fit(ex["image"]), ex["label"])),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   images, labels = collect(ds, count, image_size, host_budget_gb, spill_dir)
@@ -318,7 +321,7 @@ def folder_files(root: str) -> tuple[dict[str, list[tuple[str, int]]], tuple[str
 
 def _first_undecodable(files: list[str]) -> str | None:
   """The first of `files` that TensorFlow cannot decode (after a batch of them failed)."""
-  tf = _tf()
+  tf = tensorflow()
   for file in files:
     try:
       tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
@@ -334,7 +337,7 @@ def folder_split(root: str, split: str, *, image_size: int, resize: str = "squas
   base, start, stop = slice_bounds(split, {k: len(v) for k, v in by_split.items() if v},
                                    f"the folder dataset {root}")
   items = by_split[base][start:stop]
-  tf, fit = _tf(), image_fitter(image_size, resize)
+  tf, fit = tensorflow(), image_fitter(image_size, resize)
   files = tf.constant([f for f, _ in items])
   labels = tf.constant([label for _, label in items], tf.int32)
 

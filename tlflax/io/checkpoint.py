@@ -26,9 +26,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from tlflax import parallel
-from tlflax.io import s3
-from tlflax.io import storage
 from tlflax.errors import UserError
+from tlflax.io import s3, storage
 
 ARRAY_ITEMS = ("params", "batch_stats", "opt_state")
 JSON_ITEMS = ("step", "rng", "data_state")

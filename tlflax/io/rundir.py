@@ -12,16 +12,13 @@ Rules:
 - A folder that a failed start created and left without anything trained in it is removed.
 """
 
-import dataclasses
 import hashlib
 import json
 import os
-from typing import Any
 
-from tlflax.io import checkpoint
 from tlflax import parallel
-from tlflax.io import storage
 from tlflax.errors import UserError
+from tlflax.io import checkpoint, storage
 
 # Which config blocks decide a run's result: a resumed or reused run must agree on them.
 RELEVANT = {"pretrain": ("seed", "model", "source"), "scratch": ("seed", "model", "target"),
@@ -197,69 +194,6 @@ def discard_untrained(created: list[str]) -> None:
   for parent in created[1:]:
     if not storage.rmdir_if_empty(parent):
       break
-
-
-# ------------------------------------------------------------------------------------------------
-# The source of a transfer run
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """Where a transfer run starts, known before any of it trains: the source run folder (or the
-  weights file, or hf://ORG/NAME) and its identity: the hash of the config that decides a run's
-  weights (None for a checkpoint from elsewhere), or a weights file's sha256. For `DIR/pretrain`,
-  which tlflax trains (or reuses) itself, `pretrain` is the config it trains with (today's
-  `seed`, `model` and `source` block); None for a source named by `init_from`. `weights`: the
-  local safetensors file of a weights source."""
-
-  run: str
-  config_sha256: str | None
-  pretrain: Any = dataclasses.field(default=None, compare=False)
-  weights: str | None = None
-  sha256: str | None = None
-
-  def record(self) -> dict:
-    """What a transfer run's config.json says of its source (`init`) before it trains; the
-    checkpoint and step it then starts from are added (`record_init`)."""
-    out = {"run": self.run, "config_sha256": self.config_sha256}
-    return {**out, "sha256": self.sha256} if self.weights else out
-
-
-def resolve_source(config, workdir: str) -> Source:
-  """The `Source` of a transfer run of `config` in `workdir`.
-
-  With `transfer.init_from` empty the source is `DIR/pretrain`, trained (or reused) with today's
-  `source` block, so the hash comes from today's config. A weights file (or hf://ORG/NAME) is
-  identified by its sha256 and must hold the configured model. Otherwise the hash is read from
-  the source run's config.json; a run folder named there must be finished, a mid-training
-  checkpoint must be named by its step folder.
-  """
-  if not config.transfer.init_from:
-    run = storage.absolute(storage.join(workdir, "pretrain"))
-    pretrain = config.copy_and_resolve_references()
-    return Source(run, config_hash(record_of("pretrain", pretrain), "pretrain"), pretrain)
-  from tlflax.models import weights
-  if weights.is_weights(config.transfer.init_from):  # torchvision / timm weights
-    where = f"config.transfer.init_from={config.transfer.init_from}"
-    arch, file, digest = weights.inspect(config.transfer.init_from)
-    weights.check_model(arch, config.model, where)
-    name = config.transfer.init_from
-    run = name if name.startswith(weights.HUB_PREFIX) else file
-    return Source(run, None, weights=file, sha256=digest)
-  path = storage.absolute(config.transfer.init_from)
-  directory, step = checkpoint.locate(path)
-  run = os.path.dirname(directory) if os.path.basename(directory) == "checkpoints" else directory
-  named_step = os.path.basename(path).isdigit()
-  if not named_step and finished(run) is None:
-    raise UserError(f"config.transfer.init_from={config.transfer.init_from} is a run that has not "
-                    f"finished: finish it first, or name one of its checkpoints explicitly, e.g. "
-                    f"--config.transfer.init_from={directory}/{step}")
-  record = read_json(storage.join(run, "config.json"))
-  digest = None
-  if record is not None and record.get("mode") in RELEVANT:
-    digest = config_hash(record, record["mode"])
-  return Source(run, digest)
 
 
 def experiment_name(mode: str, arm: str | None, budget: int) -> str:

@@ -66,6 +66,8 @@ def enable() -> None:
   global _enabled
   if _enabled:
     return
+  # Private orbax modules, imported only when an s3:// path is used: a release that moves them
+  # breaks s3:// alone, with the one line below.
   import orbax.checkpoint
   from orbax.checkpoint._src.path import gcs_utils
   from orbax.checkpoint._src.serialization import tensorstore_utils as tsu

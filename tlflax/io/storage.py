@@ -17,10 +17,14 @@ s3://); tlflax reads and logs none of them.
 """
 
 import contextlib
+import fnmatch
+import importlib.util
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+
+from tlflax.errors import UserError
 
 # epath serves gs:// and s3:// through TensorFlow's gfile when TensorFlow is importable (it is, to
 # prepare tfds datasets), which has no S3 and ignores storage emulators; fsspec has both.
@@ -36,16 +40,14 @@ def is_remote(path: str) -> bool:
 
 def epath(path: str):
   """`path` as an `etils.epath.Path`."""
-  from etils import epath as epath_lib
+  from etils import epath as epath_lib  # lazily: after EPATH_USE_TF above, on the first path
   return epath_lib.Path(path)
 
 
 def check(path: str, what: str = "--workdir") -> None:
   """A `UserError` when `path` is on a store whose fsspec package is missing, or in a bucket that
   cannot be seen: tlflax never creates a bucket (fsspec's mkdir would)."""
-  import importlib.util
 
-  from tlflax.errors import UserError
   for prefix, (package, extra) in _EXTRAS.items():
     if str(path).startswith(prefix) and importlib.util.find_spec(package) is None:
       raise UserError(f"{what}={path} needs {package}: pip install 'tlflax[{extra}]'")
@@ -90,7 +92,6 @@ def listdir(path: str) -> list[str]:
 
 def glob(folder: str, pattern: str) -> list[str]:
   """Paths in `folder` whose names match `pattern`."""
-  import fnmatch
   return [join(folder, n) for n in listdir(folder) if fnmatch.fnmatch(n, pattern)]
 
 

@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tlflax.models import conv as conv_lib
 from tlflax.errors import UserError
+from tlflax.models import conv as conv_lib
 
 # torchvision's ResNet init (kaiming normal, fan_out), which the seed study used.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

@@ -1,6 +1,8 @@
 """Weights from outside tlflax and back out: torchvision / timm ResNets in safetensors files, on
-disk or on the Hugging Face hub (`hf://ORG/NAME`), and `load`, which turns any of them, a tlflax
-run folder or one of its checkpoints into a Flax model and its variables.
+disk or on the Hugging Face hub (`hf://ORG/NAME`): which architecture a file holds, its identity
+(sha256), its variables in tlflax's layout and its input statistics; and writing tlflax variables
+as such a file. Turning a file, a run folder or a checkpoint into a model is
+`tlflax.use.loader.load` (`tlflax.load`).
 
 safetensors, not pickles: a `.pth` / `.pt` / `.bin` file is a pickle, and loading one runs
 whatever code it holds, so tlflax refuses it and says how to convert it (two lines of PyTorch).
@@ -15,8 +17,8 @@ import hashlib
 import json
 import os
 
-from tlflax.models import torch_layout
 from tlflax.errors import UserError
+from tlflax.models import torch_layout
 
 HUB_PREFIX = "hf://"
 SUFFIX = ".safetensors"
@@ -66,7 +68,7 @@ def local_file(path: str) -> str:
 def _hub_file(repo: str) -> str:
   repo, _, revision = repo.partition("@")
   try:
-    import huggingface_hub
+    import huggingface_hub  # the optional extra tlflax[hub]
   except ImportError as e:
     raise UserError(f"hf://{repo} needs huggingface_hub: pip install 'tlflax[hub]'") from e
   try:
@@ -89,7 +91,7 @@ def sha256(file: str) -> str:
 
 def _open(file: str, source: str):
   try:
-    from safetensors import safe_open
+    from safetensors import safe_open  # the optional extra tlflax[weights]
   except ImportError as e:
     raise UserError(f"{source} needs safetensors: pip install 'tlflax[weights]'") from e
   try:
@@ -161,6 +163,6 @@ def check_model(arch: torch_layout.Architecture, model_cfg, source: str) -> None
 def save(variables_: dict, file: str, metadata: dict) -> None:
   """Writes tlflax variables as a torchvision-layout safetensors file with `metadata` (strings
   or JSON-able values)."""
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save_file  # tlflax[weights], as in _open
   text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
   save_file(torch_layout.to_state_dict(variables_), file, metadata={"format": "pt", **text})

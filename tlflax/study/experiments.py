@@ -16,9 +16,12 @@ import os
 from absl import logging
 
 from tlflax import config as config_lib
+from tlflax import parallel
 from tlflax.io import rundir
+from tlflax.study import report
 from tlflax.train import phase as phase_lib
-from tlflax.errors import within
+from tlflax.train import source as source_lib
+from tlflax.train import tracking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,26 +60,13 @@ def experiments(config) -> list[Experiment]:
                                                   for a in config_lib.arm_names(config)]]
 
 
-def check_arm_rules(config, arms: bool = True) -> None:
-  """The transfer rules of every arm (`arms=False`: of `config.transfer` alone) against the
-  model's parameter paths, before anything trains."""
-  from tlflax.models import resnet
-  from tlflax.train import transfer
-  shapes = resnet.variable_shapes(config.model, 2, (config.target.image_size,) * 2 + (3,))
-  blocks = ({f"config.arms.{arm}": config_lib.with_arm(config, arm).transfer
-             for arm in config_lib.arm_names(config)} if arms else {None: config.transfer})
-  for where, block in blocks.items():
-    with within(where):
-      transfer.check_rules(block, shapes["params"], resnet.num_stages(config.model.name))
-
-
 def run_compare(config, workdir: str, placement=None) -> str:
   """The whole study on `workdir`, then its report; returns the report folder. The transfer
   source is resolved once and made ready first (the pretraining, before any target run)."""
   todo = experiments(config)
   logging.info("study: %d experiment(s) x %d seed(s): %s", len(todo), len(config.seeds),
                ", ".join(e.name for e in todo))
-  source = rundir.resolve_source(config, workdir)
+  source = source_lib.resolve(config, workdir)
   phase_lib.prepare_source(source, workdir, placement)
   for seed in config.seeds:
     for exp in todo:
@@ -88,9 +78,6 @@ def run_compare(config, workdir: str, placement=None) -> str:
 def write_report(workdir: str, include_unfinished: bool = False, track=None) -> str:
   """The report, drawn by process 0 only (every process checks there is something to report),
   and sent to the tracker when `track` (config.track) says so."""
-  from tlflax import parallel
-  from tlflax.study import report
-  from tlflax.train import tracking
   out = os.path.join(workdir, "report")
   summary = report.require_runs(workdir, include_unfinished)
   if parallel.is_main_process():

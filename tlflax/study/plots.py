@@ -8,13 +8,12 @@
 Scratch is red, the study's transfer arm blue, every other arm a colour of its own.
 """
 
-import io
 import math
 import os
 
 import numpy as np
 
-from tlflax.io import storage
+from tlflax.io import figures, storage
 
 _SCRATCH_COLOUR, _STUDY_COLOUR = "tab:red", "tab:blue"
 _PALETTE = ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
@@ -67,28 +66,17 @@ def _label(name: str, seeds: list) -> str:
 
 
 def _figure():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt, plt.subplots(figsize=(6.4, 4.2), dpi=120)
+  return figures.pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
 
 
-def _save(plt, fig, ax, xlabel: str, ylabel: str, path: str) -> None:
+def _save(fig, ax, xlabel: str, ylabel: str, path: str) -> None:
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize="small")
   fig.tight_layout()
-  write_png(plt, fig, path)
-
-
-def write_png(plt, fig, path: str) -> None:
-  """Writes `fig` as a PNG at `path`, local or on a store (`storage.write_bytes`), and closes it."""
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  storage.write_bytes(path, buffer.getvalue())
+  figures.write_png(fig, path)
 
 
 def _band(ax, x, curve: dict, colour: str) -> None:
@@ -101,8 +89,7 @@ def _plot_curves(summary: dict, key: str, ylabel: str, path: str, log: bool = Fa
   """Mean over seeds with the min-max band, per epoch, at the largest budget; `log`: a log y
   axis, so a few early spikes (BatchNorm statistics of a barely trained net) do not flatten the
   rest."""
-  import matplotlib.ticker
-  plt, (fig, ax) = _figure()
+  fig, ax = _figure()
   colours = _colours(summary["experiments"])
   for e in main_budget(summary["experiments"]):
     curve = e["curves"][key]
@@ -111,14 +98,14 @@ def _plot_curves(summary: dict, key: str, ylabel: str, path: str, log: bool = Fa
     _band(ax, e["epochs"], curve, colours[e["name"]])
   if log:
     ax.set_yscale("log")
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.xaxis.set_major_locator(figures.pyplot().MaxNLocator(integer=True))
   ax.set_title("mean over seeds, band: min-max over seeds", fontsize="medium")
-  _save(plt, fig, ax, "epoch", ylabel + (" (log scale)" if log else ""), path)
+  _save(fig, ax, "epoch", ylabel + (" (log scale)" if log else ""), path)
 
 
 def _plot_time(summary: dict, path: str) -> None:
   """Test accuracy against wall-clock seconds; transfer curves start after the pretraining."""
-  plt, (fig, ax) = _figure()
+  fig, ax = _figure()
   colours = _colours(summary["experiments"])
   shift = (summary.get("pretrain") or {}).get("wall_s") or 0.0
   for e in main_budget(summary["experiments"]):
@@ -131,7 +118,7 @@ def _plot_time(summary: dict, path: str) -> None:
             marker=".")
     _band(ax, x, e["curves"]["test_accuracy"], colours[e["name"]])
   ax.set_title("mean over seeds, band: min-max over seeds", fontsize="medium")
-  _save(plt, fig, ax, "wall-clock seconds (transfer: after its pretraining)",
+  _save(fig, ax, "wall-clock seconds (transfer: after its pretraining)",
         "test accuracy", path)
 
 
@@ -148,7 +135,7 @@ def _families(experiments: dict) -> dict[str, list[dict]]:
 
 def _plot_labels(summary: dict, path: str) -> None:
   """Test accuracy (at the best epoch as selected) against labelled examples per class."""
-  plt, (fig, ax) = _figure()
+  fig, ax = _figure()
   colours = _colours(summary["experiments"])
   ticks = set()
   for name, line in _families(summary["experiments"]).items():
@@ -167,7 +154,7 @@ def _plot_labels(summary: dict, path: str) -> None:
   ax.minorticks_off()
   ax.set_title(f"at each seed's best epoch, {_selection_words(summary)}; band: min-max",
                fontsize="medium")
-  _save(plt, fig, ax, "labelled training examples per class (log scale)", "test accuracy", path)
+  _save(fig, ax, "labelled training examples per class (log scale)", "test accuracy", path)
 
 
 def _selection_words(summary: dict) -> str:

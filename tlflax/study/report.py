@@ -20,13 +20,11 @@ import os
 
 import numpy as np
 
-from tlflax.study import claims
-from tlflax.study import plots
-from tlflax.io import rundir
-from tlflax.io import storage
 from tlflax.errors import UserError
-from tlflax.train.monitor import best_record, read_events, read_metrics
+from tlflax.io import rundir, storage
 from tlflax.io.rundir import read_json
+from tlflax.study import claims, plots
+from tlflax.train.monitor import best_record, read_events, read_metrics
 
 CURVE_KEYS = ("test_loss", "test_accuracy", "train_loss", "val_loss", "val_accuracy", "wall_s")
 

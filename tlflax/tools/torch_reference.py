@@ -1,13 +1,13 @@
 """PyTorch reference of tlflax's CIFAR ResNet train step, for side-by-side speed ratios on a CPU.
 
-Imports only torch (not jax, not tlflax), so `python -m tlflax.bench --compare-torch` can run it
-with another interpreter (`--torch_python`) where torch lives in its own environment:
+Imports only torch (not jax, not tlflax), so `python -m tlflax.tools.bench --compare-torch` can
+run it with another interpreter (`--torch_python`) where torch lives in its own environment:
 
-  python tlflax/torch_reference.py --batch 64 --width 64 --classes 100 --size 32 --steps 10
+  python tlflax/tools/torch_reference.py --batch 64 --width 64 --classes 100 --size 32 --steps 10
 
 Prints one JSON line: {"img_per_s", "step_ms", "torch", "threads"}. Same network as
-`models.ResNet` (3x3 stem, no max-pool, BasicBlocks, projection shortcuts), SGD with nesterov
-momentum, channels_last memory format, eager mode.
+`tlflax.models.resnet.ResNet` (3x3 stem, no max-pool, BasicBlocks, projection shortcuts), SGD
+with nesterov momentum, channels_last memory format, eager mode.
 """
 
 import argparse
@@ -16,6 +16,7 @@ import time
 
 
 def main():
+  # torch is no dependency of tlflax: the bench runs this file in a Python that has it.
   import torch
   import torch.nn.functional as F
   from torch import nn

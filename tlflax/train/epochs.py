@@ -14,12 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tlflax.data import batches
 from tlflax.data import task as task_lib
 from tlflax.models import resnet
-from tlflax.train import optim
-from tlflax.train import probe
-from tlflax.train import steps
-from tlflax.train import transfer
+from tlflax.train import evaluation, optim, probe, steps, transfer
 
 
 class NonFinite(Exception):
@@ -39,7 +37,9 @@ class Trainer:
     self.placement, self.feed, self.recorder = placement, feed, recorder
     self.base_model = resnet.from_config(spec.model, task.num_classes)
     self.setup: optim.Setup | None = None
-    self._train_fn = self._eval_fn = None
+    # The compiled steps: train `(state, sums, data, rows) -> (state, sums)`, eval `(variables,
+    # data, rows, index) -> sums` (the bench times these very functions).
+    self.train_step = self.eval_step = None
     self._order_key = None
     self.cache = None
     self._t_epoch = 0.0
@@ -80,7 +80,7 @@ class Trainer:
 
   def epoch_rows(self, epoch: int):
     """The epoch's (steps, batch) table of example rows, as the feed serves it."""
-    return self.feed.epoch(task_lib.epoch_rows(self._order_key, epoch, self.plan.train_examples,
+    return self.feed.epoch(batches.epoch_rows(self._order_key, epoch, self.plan.train_examples,
                                                self.plan.batch_size))
 
   def ready(self, epoch: int, state, rows):
@@ -88,7 +88,7 @@ class Trainer:
     of parameters that were trainable before) and the steps are compiled; the compile time goes
     to the recorder."""
     policy = self.policy_at(epoch)
-    if self._train_fn is not None and policy == self.setup.policy:
+    if self.train_step is not None and policy == self.setup.policy:
       return state
     t0 = time.perf_counter()
     if policy != self.setup.policy:
@@ -101,27 +101,6 @@ class Trainer:
     self.recorder.note(f"compiled train and eval steps in {seconds:.1f}s")
     return state
 
-  def step_functions(self) -> tuple[Callable, Callable]:
-    """The setup's train step `(state, sums, data, rows)` and eval step `(variables, data, rows,
-    index)`, jitted over the devices: on images on the devices, on streamed batches, or on cached
-    features for a cached linear probe."""
-    phase, setup = self.spec.phase, self.setup
-    if setup.features:
-      train_fn, eval_fn = probe.train_step, probe.eval_step
-    elif self.feed.name == "stream":
-      train_fn = functools.partial(steps.train_step_on_batch, crop_padding=phase.crop_padding,
-                                   flip=phase.flip)
-      eval_fn = steps.eval_step_on_batch
-    else:
-      train_fn = functools.partial(steps.train_step_on_data, crop_padding=phase.crop_padding,
-                                   flip=phase.flip)
-      eval_fn = steps.eval_step_on_data
-    train_fn = self.placement.spmd(functools.partial(
-        steps.accumulating(train_fn), model=setup.model, tx=setup.tx,
-        label_smoothing=phase.label_smoothing), 4, split=(3,), donate=(0, 1))
-    return train_fn, self.placement.spmd(functools.partial(eval_fn, model=self.base_model), 4,
-                                         split=(2,))
-
   def train_args(self, rows, step_data=None) -> tuple:
     """What the train step takes besides the state and the sums: the data (or cached features)
     and the epoch's rows."""
@@ -131,24 +110,15 @@ class Trainer:
   def compile(self, state, rows) -> None:
     """Compiles the setup's train and eval steps ahead of the epoch, so img/s measures training,
     not compilation (for the cached probe, against its features' shapes)."""
-    train_fn, eval_fn = self.step_functions()
+    train_fn, eval_fn = step_functions(self.setup, self.spec.phase, self.feed.name == "stream",
+                                       self.placement, self.base_model)
     train_args, eval_args = self.feed.example_args(rows, self.plan.batch_size)
     if self.setup.features:
       abstract = self.cache.compile(state, self.setup.features, rows)
       train_args = (abstract["train"], rows)
       eval_args = (abstract["test"],) + tuple(eval_args[1:])
-    self._train_fn = train_fn.lower(state, steps.zero_metrics(), *train_args).compile()
-    self._eval_fn = eval_fn.lower(steps.eval_variables(state), *eval_args).compile()
-
-  @property
-  def train_step(self):
-    """The compiled train step `(state, sums, data, rows) -> (state, sums)`."""
-    return self._train_fn
-
-  @property
-  def eval_step(self):
-    """The compiled eval step `(variables, data, rows, index) -> sums`."""
-    return self._eval_fn
+    self.train_step = train_fn.lower(state, steps.zero_metrics(), *train_args).compile()
+    self.eval_step = eval_fn.lower(steps.eval_variables(state), *eval_args).compile()
 
   def eval_args(self) -> tuple:
     """What the eval step takes besides the variables, for the first evaluation batch (images;
@@ -182,7 +152,7 @@ class Trainer:
     seen, seen_at, seen_t = jax.device_get(sums), first, time.perf_counter()
     batches = self.feed.train_batches(rows, first, step_data)
     for i, (data, batch_rows) in zip(range(first, spe), batches, strict=False):
-      state, sums = self._train_fn(state, sums, data, batch_rows)
+      state, sums = self.train_step(state, sums, data, batch_rows)
       if self.plan.logs(i + 1):
         host = jax.device_get(sums)
         if int(host["nonfinite_step"]) >= 0:
@@ -195,48 +165,45 @@ class Trainer:
               "train_loss": float(host["loss"] - seen["loss"]) / n,
               "train_accuracy": float(host["accuracy"] - seen["accuracy"]) / n,
               "img_per_s": n * self.plan.batch_size / max(now - seen_t, 1e-9),
-              **self.scaling_figures(host, seen)})
+              **scaling_figures(self.loss_scaling, host, seen)})
         seen, seen_at, seen_t = host, i + 1, now
       yield state, sums, i + 1
-
-  def scaling_figures(self, sums: dict, before: dict | None = None) -> dict:
-    """float16 runs: the steps loss scaling skipped (since `before`'s sums) and the last scale."""
-    if not self.loss_scaling:
-      return {}
-    skipped = float(sums["skipped"]) - (float(before["skipped"]) if before else 0.0)
-    return {"skipped_steps": round(skipped), "loss_scale": float(sums["loss_scale"])}
 
   def evaluate(self, state) -> dict:
     """Every evaluation example once (padded, masked batches of one shape): `{split}_loss`,
     `_accuracy`, `_top5`, `_count` for the test split and the validation split if any."""
     features = self.cache.test(state) if self.setup.features else None
-    return evaluate(self._eval_fn, state, self.feed.parts, self.feed.eval_batches(features))
+    return evaluation.evaluate(self.eval_step, state, self.feed.parts,
+                               self.feed.eval_batches(features))
 
 
-def evaluate(eval_fn: Callable, state: steps.TrainState, parts: dict, batches: Callable) -> dict:
-  """`eval_fn(variables, *args)` summed over the batches `batches(first, last)` of each split of
-  `parts` ({name: [first, last) batches of the evaluation table}), as per-example means."""
-  out = {}
-  for name, part in parts.items():
-    totals = evaluate_sums(eval_fn, state, part, batches)
-    count = int(totals["count"])
-    out.update({f"{name}_loss": float(totals["loss"]) / count,
-                f"{name}_accuracy": float(totals["correct"]) / count,
-                f"{name}_top5": float(totals["correct_top5"]) / count,
-                f"{name}_count": count})
-  return out
+def step_functions(setup: optim.Setup, phase, streamed: bool, placement,
+                   base_model) -> tuple[Callable, Callable]:
+  """`setup`'s train step `(state, sums, data, rows)` and eval step `(variables, data, rows,
+  index)`, jitted over `placement`'s devices: on images on the devices, on streamed batches, or
+  on cached features for a cached linear probe."""
+  if setup.features:
+    train_fn, eval_fn = probe.train_step, probe.eval_step
+  elif streamed:
+    train_fn = functools.partial(steps.train_step_on_batch, crop_padding=phase.crop_padding,
+                                 flip=phase.flip)
+    eval_fn = steps.eval_step_on_batch
+  else:
+    train_fn = functools.partial(steps.train_step_on_data, crop_padding=phase.crop_padding,
+                                 flip=phase.flip)
+    eval_fn = steps.eval_step_on_data
+  train_fn = placement.spmd(functools.partial(
+      steps.accumulating(train_fn), model=setup.model, tx=setup.tx,
+      label_smoothing=phase.label_smoothing), 4, split=(3,), donate=(0, 1))
+  return train_fn, placement.spmd(functools.partial(eval_fn, model=base_model), 4, split=(2,))
 
 
-def evaluate_sums(eval_fn: Callable, state: steps.TrainState, part: tuple[int, int],
-                  batches: Callable) -> dict:
-  """The sums `eval_fn(variables, *args)` returns, added over the batches of `part` ([first,
-  last) of the evaluation table), on the host."""
-  variables = steps.eval_variables(state)
-  totals = None
-  for args in batches(*part):
-    sums = eval_fn(variables, *args)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return jax.device_get(totals)
+def scaling_figures(loss_scaling: bool, sums: dict, before: dict | None = None) -> dict:
+  """float16 runs: the steps loss scaling skipped (since `before`'s sums) and the last scale."""
+  if not loss_scaling:
+    return {}
+  skipped = float(sums["skipped"]) - (float(before["skipped"]) if before else 0.0)
+  return {"skipped_steps": round(skipped), "loss_scale": float(sums["loss_scale"])}
 
 
 def epoch_sums(host: dict | None = None) -> dict:

@@ -8,6 +8,9 @@ import time
 from typing import Self
 
 from absl import logging
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summary
+from tqdm import tqdm
 
 from tlflax.io import storage
 
@@ -33,7 +36,6 @@ class MetricsWriter:
 
   def __init__(self, run_dir: str, history: list[dict] | None = None, resumed_step: int = 0,
                hparams: dict | None = None):
-    from tensorboardX import SummaryWriter
     storage.makedirs(run_dir)
     self.run_dir = run_dir
     self.path = storage.join(run_dir, "metrics.jsonl")
@@ -58,7 +60,6 @@ class MetricsWriter:
       self._step_scalars(record)
 
   def _hparams(self, hparams: dict) -> None:
-    from tensorboardX.summary import hparams as hparams_summary
     values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
               for k, v in hparams.items()}
     for summary in hparams_summary(values, {k: 0.0 for k in HPARAM_METRICS}):
@@ -195,7 +196,6 @@ class Progress:
     self._first = self._last = first
     self._epoch_t0 = time.perf_counter()
     if self.tty:
-      from tqdm import tqdm
       self._bar = tqdm(total=self.steps, initial=first, unit="step", file=self.stream,
                        desc=f"{self.label} epoch {epoch + 1}/{self.epochs}", leave=False,
                        dynamic_ncols=True)

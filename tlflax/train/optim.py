@@ -13,8 +13,7 @@ import jax
 import optax
 
 from tlflax.models import resnet
-from tlflax.train import probe
-from tlflax.train import transfer
+from tlflax.train import probe, transfer
 
 
 def learning_rate_schedule(phase, epochs: int, steps_per_epoch: int) -> optax.Schedule:

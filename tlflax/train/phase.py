@@ -10,56 +10,20 @@ import dataclasses
 import os
 import time
 
-import numpy as np
 from absl import logging
 
-from tlflax.errors import UserError
-
-
-def _source_variables(config, source, target_task, placement) -> tuple[dict, dict]:
-  """The target's initial variables (the source's merged into a fresh init, on the devices of
-  `placement`) and the source's `init` record completed with what they came from: the
-  checkpoint and its step, or the weights file."""
-  from tlflax.io import checkpoint
-  from tlflax.models import resnet
-  from tlflax.train import transfer
-  from tlflax.models import weights
-  init = source.record()
-  if source.weights:
-    restored = placement.replicate(weights.variables(weights.read(source.weights)))
-    name, init = source.run, {**init, "checkpoint": source.weights}
-  else:
-    restored, name = checkpoint.restore_variables(config.transfer.init_from or source.run,
-                                                  placement.replicated)
-    init = {**init, "checkpoint": name, "step": int(name.rsplit("/", 1)[1])}
-  fresh = placement.replicate(resnet.init_variables(
-      config.model, target_task.num_classes, target_task.train.images.shape[1:], config.seed))
-  return transfer.merge_pretrained(fresh, restored, config.transfer.reinit, name), init
-
-
-def source_stats(init: dict) -> tuple[np.ndarray, np.ndarray]:
-  """(mean, std) the source normalised its inputs with: a source run's data_stats.json (or
-  summary.json), or what a weights file carries (`weights.statistics`)."""
-  from tlflax.io import rundir
-  from tlflax.models import weights
-  if init.get("sha256"):
-    mean, std = weights.statistics(init["run"])
-    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
-  source_run = init["run"]
-  for name in (rundir.STATS_FILE, "summary.json"):
-    record = rundir.read_json(os.path.join(source_run, name)) or {}
-    if "mean" in record and "std" in record:
-      return np.asarray(record["mean"], np.float32), np.asarray(record["std"], np.float32)
-  raise UserError(f"{source_run} records no input statistics ({rundir.STATS_FILE}) to normalise the "
-                  "transfer run with: set --config.transfer.normalize=target")
+from tlflax import parallel
+from tlflax.data import task as task_lib
+from tlflax.io import checkpoint, rundir
+from tlflax.train import run as run_lib
+from tlflax.train import source as source_lib
+from tlflax.train import spec as spec_lib
 
 
 def _load_task(phase, config, where: str):
   """The phase's dataset (`where`: 'source' or 'target'). Process 0 loads first, preparing it
   with tfds if needed, so several processes never download into one data_dir at once; the others
   then read what it prepared."""
-  from tlflax.data import task as task_lib
-  from tlflax import parallel
   def load():
     return task_lib.load_task(phase, config.data_dir, config.seed, config.get("data"), where)
   task = load() if parallel.is_main_process() else None
@@ -71,7 +35,6 @@ def prepare_source(source, workdir: str, placement=None) -> None:
   """Makes a transfer run's source ready: `DIR/pretrain` is trained with `source.pretrain` when no
   finished pretraining exists there, and a finished one of another config is refused. Nothing to
   do for a source named by `init_from`."""
-  from tlflax.io import rundir
   if source.pretrain is None:
     return
   if rundir.finished(source.run) is not None:  # reused only if it is today's pretraining
@@ -86,17 +49,15 @@ def run_phase(mode: str, config, workdir: str, run_dir: str | None = None, sourc
               placement=None, study: dict | None = None) -> dict:
   """Runs (or resumes, or reuses) one training run and returns its summary.
 
-  `source` (transfer only): the run's `rundir.Source`, which a caller running many transfer
+  `source` (transfer only): the run's `source.Source`, which a caller running many transfer
   runs (the study) resolves once; by default it is resolved here, before the run folder opens.
   `study`: where the run sits in a study (experiment, arm, budget), recorded in its config.json
   for the report. A start that fails before anything is trained leaves no folder.
   """
-  from tlflax import parallel
-  from tlflax.io import rundir
   placement = placement or parallel.Placement.create(config.parallel)
   run_dir = run_dir or os.path.join(workdir, mode)
   if mode == "transfer":
-    source = source or rundir.resolve_source(config, workdir)
+    source = source or source_lib.resolve(config, workdir)
     if source.pretrain is not None:  # a stale pretraining: refuse before anything opens
       rundir.refuse_if_changed(source.run, "pretrain",
                                rundir.record_of("pretrain", source.pretrain))
@@ -113,25 +74,19 @@ def _from_source(run_dir, config, workdir, source, task, placement) -> tuple:
   resumes from its own checkpoints (variables None), its `init` as its config.json recorded it.
   Otherwise its source is made ready (`prepare_source`) and merged into a fresh init; `init`
   gains the checkpoint and step it came from."""
-  from tlflax.io import checkpoint
-  from tlflax.io import rundir
   if checkpoint.steps_in(os.path.join(run_dir, "checkpoints")):
     recorded = (rundir.read_json(os.path.join(run_dir, "config.json")) or {}).get("init")
     return None, recorded or source.record(), 0.0
   t0 = time.perf_counter()
   prepare_source(source, workdir, placement)
   pretrain_s = time.perf_counter() - t0
-  variables, init = _source_variables(config, source, task, placement)
+  variables, init = source_lib.variables(config, source, task, placement)
   rundir.record_init(run_dir, init)
   return variables, init, pretrain_s
 
 
 def _train_in(run_dir, mode, config, workdir, source, placement) -> dict:
   """The body of `run_phase`, in a run folder that `rundir.open_run` accepted."""
-  from tlflax import parallel
-  from tlflax.io import rundir
-  from tlflax.train import run as run_lib
-  from tlflax.train import spec as spec_lib
   started = time.perf_counter()  # the run's wall_s counts its data loading and source restore
   done = rundir.finished(run_dir)
   if done is not None:
@@ -146,7 +101,7 @@ def _train_in(run_dir, mode, config, workdir, source, placement) -> dict:
     variables, init, pretrain_s = _from_source(run_dir, config, workdir, source, task, placement)
     started += pretrain_s  # the pretraining's time is its own
     if config.transfer.normalize == "source":
-      mean, std = source_stats(init)
+      mean, std = source_lib.statistics(init)
       task, stats_from = dataclasses.replace(task, mean=mean, std=std), init["run"]
   if parallel.is_main_process():
     rundir.write_json(os.path.join(run_dir, rundir.STATS_FILE), {

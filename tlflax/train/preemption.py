@@ -14,6 +14,8 @@ and SIGINT interrupts at once.
 
 import signal
 
+from jax.experimental import multihost_utils
+
 _requested: int | None = None  # the signal's number once one arrived
 _multiprocess = False
 
@@ -53,7 +55,6 @@ def request(signum: int = signal.SIGTERM) -> None:
 def should_stop(step: int) -> bool:
   """Whether the loop stops after global step `step` (every process gets the same answer)."""
   if _multiprocess:
-    from jax.experimental import multihost_utils
     if multihost_utils.reached_preemption_sync_point(step):
       request(signal.SIGTERM)
       return True

@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tlflax.data import task as task_lib
+from tlflax.data import batches
+from tlflax.errors import UserError
 from tlflax.models import resnet
 from tlflax.train import steps
-from tlflax.errors import UserError
 
 _MODES = {"fixed": "fixed", "true": "fixed", "augmented": "augmented", "off": None,
           "false": None}
@@ -63,18 +63,18 @@ def extract_features(variables: dict, data: dict, rows: jax.Array, first_step, *
   leave zeros.
 
   With `augment`, row i is augmented as training step `first_step + i` augments it (see
-  `data.shard_train_batch`); else the images are only normalised. Each shard writes the features
+  `batches.shard_train_batch`); else the images are only normalised. Each shard writes the features
   of its own examples; one sum over the shards at the end gives every device all of them.
   """
   def body(i, out):
     r = rows[i]
     if augment:
       key = jax.random.fold_in(jax.random.wrap_key_data(data["aug_key"]), first_step + i)
-      images = task_lib.shard_train_batch(data, r, key, axis_name=axis_name,
+      images = batches.shard_train_batch(data, r, key, axis_name=axis_name,
                                           crop_padding=crop_padding, flip=flip)["image"]
     else:
       valid = jnp.minimum(r, num_examples - 1)
-      images = task_lib.normalize(data["images"][valid], data["mean"], data["std"])
+      images = batches.normalize(data["images"][valid], data["mean"], data["std"])
     feats = model.apply(variables, images, train=False, features_only=True)
     return out.at[r].set(feats, mode="drop")
 

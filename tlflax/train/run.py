@@ -2,8 +2,8 @@
 
 A run is wired from parts that each do one job: its `spec.RunSpec` (what the config says) and
 `spec.Plan` (steps, epochs, when to evaluate and checkpoint), a `monitor.Recorder` (metrics,
-TensorBoard, progress, time), its `checkpoint.RunCheckpoints`, a `pipeline` feed (the data on
-the devices or streamed) and a `trainer.Trainer` (the freeze policy in force and its compiled
+TensorBoard, progress, time), its `io.checkpoint.RunCheckpoints`, a `data.feeds` feed (the data
+on the devices or streamed) and an `epochs.Trainer` (the freeze policy in force and its compiled
 steps). `fit` reads as the story of the run; `_Run` holds what happens at its turning points
 (start, an epoch's steps, a stop request, divergence, a checkpoint).
 """
@@ -14,18 +14,14 @@ from typing import Any, NoReturn
 import jax
 import numpy as np
 
-from tlflax.io import checkpoint
-from tlflax.models import resnet
-from tlflax.train import monitor
 from tlflax import parallel
 from tlflax.data import feeds
-from tlflax.train import preemption
-from tlflax.train import steps
-from tlflax.train import tracking
 from tlflax.data import task as task_lib
-from tlflax.train import spec as spec_lib
 from tlflax.errors import DIVERGED, Stopped, UserError
-from tlflax.train.epochs import NonFinite, Trainer, epoch_sums
+from tlflax.io import checkpoint
+from tlflax.models import resnet
+from tlflax.train import epochs, monitor, preemption, steps, tracking
+from tlflax.train import spec as spec_lib
 
 
 @dataclasses.dataclass
@@ -60,7 +56,7 @@ def fit(spec: spec_lib.RunSpec, task: task_lib.Task, run_dir: str, *, placement=
        checkpoint.RunCheckpoints.of_run(run_dir, spec.checkpoint) as ckpts:
     feed = feeds.make_feed(spec.data, placement, task, spec.phase.eval_batch_size,
                               recorder.note)
-    run = _Run(run_dir, spec, plan, Trainer(spec, plan, task, placement, feed, recorder),
+    run = _Run(run_dir, spec, plan, epochs.Trainer(spec, plan, task, placement, feed, recorder),
                recorder, ckpts)
     state, at = run.start(task, variables)
     for epoch in range(at.epoch, plan.epochs):
@@ -72,7 +68,7 @@ def fit(spec: spec_lib.RunSpec, task: task_lib.Task, run_dir: str, *, placement=
       record = run.evaluate(state, epoch, sums, epoch_s, first) if plan.evaluates(epoch) else None
       if plan.checkpoints(epoch):
         run.save(state, epoch + 1, 0, steps.zero_metrics(), metrics=_selection(record))
-    summary = run.summary(task, state, at, placement)
+    summary = _summary(run, task, state, at, placement)
   return PhaseResult(state, run.trainer.base_model, recorder.history, summary)
 
 
@@ -94,7 +90,7 @@ class _Run:
   run_dir: str
   spec: spec_lib.RunSpec
   plan: spec_lib.Plan
-  trainer: Trainer
+  trainer: epochs.Trainer
   recorder: monitor.Recorder
   ckpts: checkpoint.RunCheckpoints
   key: jax.Array | None = None  # the root key: init, data order, augmentation
@@ -128,7 +124,7 @@ class _Run:
       self.key = jax.random.key(self.spec.seed)
       state, at = self.trainer.begin(self.key, variables=variables), _Position()
     self.recorder.open(self.spec.hparams, at.resumed)
-    self._describe(task, shapes)
+    _describe(self, task, shapes)
     return state, at
 
   def _restore(self, shapes: dict):
@@ -152,23 +148,10 @@ class _Run:
     return state, _Position(done["epoch"], done.get("step_in_epoch", 0), done.get("sums"),
                             (done["epoch"], int(state.step), seconds))
 
-  def _describe(self, task: task_lib.Task, shapes: dict) -> None:
-    p = self.plan
-    if p.epochs != p.asked_epochs:
-      self.recorder.note(f"{p.train_examples} training examples make {p.steps_per_epoch} "
-                         f"steps/epoch: {p.epochs} epochs instead of {p.asked_epochs}, for "
-                         f"min_steps={self.spec.phase.min_steps}")
-    self.recorder.note(
-        f"{task.name}: {p.train_examples} train / {len(task.test)} test examples, "
-        f"{task.num_classes} classes, {p.steps_per_epoch} steps/epoch of {p.batch_size} over "
-        f"{self.trainer.placement.num_devices} devices, "
-        f"{resnet.count_params(shapes['params']):,} params, "
-        f"{resnet.resolve_dtype(self.spec.model.dtype)} compute")
-
   def train_epoch(self, state, epoch: int, rows, first: int, host_sums: dict | None):
     """Steps `first`.. of `epoch`. After every step: a stop request saves and stops; a step
     checkpoint is saved when the plan says. Returns (state, host sums, training seconds)."""
-    sums = epoch_sums(host_sums)  # also what the epoch ends with when no step is left in it
+    sums = epochs.epoch_sums(host_sums)  # also what the epoch ends with when no step is left in it
     epoch_steps = self.trainer.train_epoch(state, epoch, rows, first, sums)
     try:
       for new_state, new_sums, done in epoch_steps:
@@ -178,7 +161,7 @@ class _Run:
           self._stop(self.save(state, epoch, done, sums), step, epoch, done)
         if self.plan.checkpoints_within(step, done):
           self.save(state, epoch, done, sums)
-    except NonFinite as e:
+    except epochs.NonFinite as e:
       self._diverged(e.step, epoch)
     epoch_s = self.trainer.epoch_elapsed()
     self.recorder.add_time("train_s", epoch_s)
@@ -194,7 +177,8 @@ class _Run:
               **self.trainer.evaluate(state),
               "learning_rate": self.plan.learning_rate(step), "epoch_s": epoch_s,
               "img_per_s": (spe - first) * self.plan.batch_size / epoch_s,
-              "wall_s": self.recorder.elapsed()["wall_s"], **self.trainer.scaling_figures(sums)}
+              "wall_s": self.recorder.elapsed()["wall_s"],
+              **epochs.scaling_figures(self.trainer.loss_scaling, sums)}
     self.recorder.record(record)
     return record
 
@@ -203,7 +187,7 @@ class _Run:
     are done (== steps_per_epoch: trained, not yet evaluated). Never a diverged state."""
     host = jax.device_get(sums)
     if int(host["nonfinite_step"]) >= 0:
-      raise NonFinite(int(host["nonfinite_step"]))
+      raise epochs.NonFinite(int(host["nonfinite_step"]))
     policy = self.trainer.policy_at(_policy_epoch(epoch, done))
     self.ckpts.save(state, self.key, {
         "epoch": epoch, "step_in_epoch": done,
@@ -235,23 +219,38 @@ class _Run:
                   f"learning_rate (or set grad_clip_norm) and start in another --workdir, or "
                   f"move {self.run_dir} away", DIVERGED)
 
-  def summary(self, task: task_lib.Task, state, at: _Position, placement) -> dict:
-    """summary.json's figures (runner adds mode, seed and the source)."""
-    history = self.recorder.history
-    resumed = at.resumed or (0, 0, None)
-    return {"dataset": task.name, "num_classes": task.num_classes,
-            "train_examples": len(task.train), "test_examples": len(task.test),
-            "val_examples": len(task.val) if task.val is not None else 0,
-            "epochs": self.plan.epochs, "steps_per_epoch": self.plan.steps_per_epoch,
-            "params": resnet.count_params(state.params), **placement.describe(),
-            "dtype": resnet.resolve_dtype(self.spec.model.dtype),
-            **self.recorder.elapsed(), "features_s": self.trainer.cache.seconds,
-            "resumed_from_epoch": resumed[0], "resumed_from_step": resumed[1],
-            "mean": np.asarray(task.mean).tolist(), "std": np.asarray(task.std).tolist(),
-            "pipeline": self.trainer.feed.name, "class_names": list(task.class_names),
-            "final": history[-1] if history else None,
-            "selected_on": monitor.selection_key(history).split("_")[0],
-            "best": monitor.best_record(history)}
+def _summary(run: _Run, task: task_lib.Task, state, at: _Position, placement) -> dict:
+  """summary.json's figures (runner adds mode, seed and the source)."""
+  history = run.recorder.history
+  resumed = at.resumed or (0, 0, None)
+  return {"dataset": task.name, "num_classes": task.num_classes,
+          "train_examples": len(task.train), "test_examples": len(task.test),
+          "val_examples": len(task.val) if task.val is not None else 0,
+          "epochs": run.plan.epochs, "steps_per_epoch": run.plan.steps_per_epoch,
+          "params": resnet.count_params(state.params), **placement.describe(),
+          "dtype": resnet.resolve_dtype(run.spec.model.dtype),
+          **run.recorder.elapsed(), "features_s": run.trainer.cache.seconds,
+          "resumed_from_epoch": resumed[0], "resumed_from_step": resumed[1],
+          "mean": np.asarray(task.mean).tolist(), "std": np.asarray(task.std).tolist(),
+          "pipeline": run.trainer.feed.name, "class_names": list(task.class_names),
+          "final": history[-1] if history else None,
+          "selected_on": monitor.selection_key(history).split("_")[0],
+          "best": monitor.best_record(history)}
+
+
+def _describe(run: _Run, task: task_lib.Task, shapes: dict) -> None:
+  """Notes what the run trains: its data, steps, devices, parameters and compute dtype."""
+  p = run.plan
+  if p.epochs != p.asked_epochs:
+    run.recorder.note(f"{p.train_examples} training examples make {p.steps_per_epoch} "
+                       f"steps/epoch: {p.epochs} epochs instead of {p.asked_epochs}, for "
+                       f"min_steps={run.spec.phase.min_steps}")
+  run.recorder.note(
+      f"{task.name}: {p.train_examples} train / {len(task.test)} test examples, "
+      f"{task.num_classes} classes, {p.steps_per_epoch} steps/epoch of {p.batch_size} over "
+      f"{run.trainer.placement.num_devices} devices, "
+      f"{resnet.count_params(shapes['params']):,} params, "
+      f"{resnet.resolve_dtype(run.spec.model.dtype)} compute")
 
 
 def _selection(record: dict | None) -> dict | None:

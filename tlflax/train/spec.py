@@ -6,9 +6,9 @@ import dataclasses
 
 import optax
 
-from tlflax.train import optim
-from tlflax.io import rundir
 from tlflax.errors import require
+from tlflax.io import rundir
+from tlflax.train import optim
 
 PHASES = {"pretrain": "source", "scratch": "target", "transfer": "target"}
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import dynamic_scale
 
-from tlflax.data import task as task_lib
+from tlflax.data import batches
 
 
 @flax.struct.dataclass
@@ -176,7 +176,7 @@ def train_step_on_data(state: TrainState, data: dict, rows: jax.Array, *, model,
   augmentation key of global step s is fold_in(data['aug_key'], s), so a resumed run replays it.
   """
   key = jax.random.fold_in(jax.random.wrap_key_data(data["aug_key"]), state.step)
-  batch = task_lib.shard_train_batch(data, rows[state.step % rows.shape[0]], key,
+  batch = batches.shard_train_batch(data, rows[state.step % rows.shape[0]], key,
                                      axis_name=axis_name, crop_padding=crop_padding, flip=flip)
   return train_step(state, batch, model=model, tx=tx, axis_name=axis_name,
                     label_smoothing=label_smoothing)
@@ -185,7 +185,7 @@ def train_step_on_data(state: TrainState, data: dict, rows: jax.Array, *, model,
 def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, model,
                       axis_name: str | None = None) -> dict:
   """Per shard: `eval_step` on this shard's part of evaluation batch `index`."""
-  return eval_step(variables, task_lib.shard_eval_batch(data, rows[index]), model=model,
+  return eval_step(variables, batches.shard_eval_batch(data, rows[index]), model=model,
                    axis_name=axis_name)
 
 
@@ -198,7 +198,7 @@ def _as_on_device(data: dict, batch: dict) -> tuple[dict, jax.Array]:
 
 def train_step_on_batch(state: TrainState, data: dict, batch: dict, **kwargs
                         ) -> tuple[TrainState, dict]:
-  """Per shard: `train_step_on_data` on a batch streamed from the host (`pipeline.py`): `batch`
+  """Per shard: `train_step_on_data` on a batch streamed from the host (`data/feeds.py`): `batch`
   holds this shard's examples of the global batch, `data` the normalisation and `aug_key`. Each
   example gets the augmentation key of its position in the global batch, as on the device path."""
   return train_step_on_data(state, *_as_on_device(data, batch), **kwargs)
@@ -222,7 +222,8 @@ def zero_metrics() -> dict:
 def accumulating(step: Callable) -> Callable:
   """`step(state, data, rows, **kw)` as `(state, sums, data, rows, **kw) -> (state, sums +
   metrics)`: an epoch sums its metrics on the device, one dispatch a step, and remembers the
-  first step that went non-finite (the host looks now and then, see `train._train_epoch`)."""
+  first step that went non-finite (the host looks now and then, see
+  `epochs.Trainer.train_epoch`)."""
   @functools.wraps(step)
   def run(state, sums, data, rows, **kwargs):
     new_state, metrics = step(state, data, rows, **kwargs)

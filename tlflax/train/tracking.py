@@ -18,8 +18,8 @@ import importlib.util
 import io
 import os
 
-from tlflax.io import storage
 from tlflax.errors import UserError
+from tlflax.io import rundir, storage
 
 
 def enabled(track) -> bool:
@@ -34,7 +34,7 @@ def check(track) -> None:
 
 
 def _init(track, run_id: str, name: str, group: str, config: dict, job: str):
-  import wandb
+  import wandb  # the optional extra tlflax[track], imported only when tracking is on
   settings = wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True,
                             disable_git=True, save_code=False, x_save_requirements=False)
   return wandb.init(project=track.wandb_project, entity=track.wandb_entity or None,
@@ -74,7 +74,6 @@ def for_run(spec, run_dir: str) -> RunTracker | None:
   that decide its result."""
   if not enabled(spec.track):
     return None
-  from tlflax.io import rundir
   record = rundir.read_json(storage.join(run_dir, "config.json")) or {"mode": spec.mode,
                                                                       **spec.hparams}
   return RunTracker(spec.track, run_dir, spec.mode, record)
@@ -84,8 +83,8 @@ def report(track, workdir: str, report_dir: str, summary: dict) -> None:
   """Sends the report's PNGs as images and its verdicts, as the workdir's `report` run."""
   if not enabled(track):
     return
-  import wandb
-  from PIL import Image
+  import wandb  # tlflax[track], as in _init
+  from PIL import Image  # installed with wandb's image support
   workdir = workdir.rstrip("/")
   run = _init(track, _run_id(workdir, "report"), "report", os.path.basename(workdir) or workdir,
               {"workdir": workdir}, "report")

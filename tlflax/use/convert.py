@@ -1,4 +1,4 @@
-"""Export a tlflax model to PyTorch: `python -m tlflax.convert --to=torchvision --in=PATH
+"""Export a tlflax model to PyTorch: `python -m tlflax.use.convert --to=torchvision --in=PATH
 --out=model.safetensors`.
 
 PATH is whatever `tlflax.load` takes. The file holds a torchvision-layout state dict (with the
@@ -16,9 +16,13 @@ model.maxpool = torch.nn.Identity()` (torchvision's ResNet classes have width 64
 
 import sys
 
+import jax
 from absl import app, flags
 
+from tlflax.config import cli
 from tlflax.errors import UserError
+from tlflax.models import weights
+from tlflax.use import loader
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("to", "torchvision", ["torchvision"], "Target layout.")
@@ -28,10 +32,7 @@ flags.DEFINE_string("out", None, "The safetensors file to write.")
 
 def export(source: str, out: str) -> dict:
   """Writes the model `source` names to `out` (torchvision layout); returns its info."""
-  import jax
 
-  from tlflax.use import loader
-  from tlflax.models import weights
   model, variables, info = loader.load(source)
   if model.padding != "torch":
     raise UserError(f"{source} was trained with model.padding='same', whose stride-2 "
@@ -45,7 +46,7 @@ def export(source: str, out: str) -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    print(f"tlflax.convert: error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
+    print(f"tlflax.use.convert: error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
     sys.exit(2)
   try:
     if not FLAGS["in"].value or not FLAGS.out:
@@ -53,11 +54,11 @@ def main(argv):
                       "hf://ORG/NAME) and --out=FILE.safetensors")
     info = export(FLAGS["in"].value, FLAGS.out)
   except UserError as e:
-    print(f"tlflax.convert: error: {e}", file=sys.stderr)
+    print(f"tlflax.use.convert: error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"wrote {FLAGS.out}: {info['model']} (width {info['width']}, {info['num_classes']} "
         f"classes, {info['image_size']} px) in torchvision layout")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse_plain(argv, "tlflax.use.convert"))

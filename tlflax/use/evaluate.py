@@ -26,20 +26,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tlflax.data import task as task_lib
-from tlflax.use import loader
+from tlflax import config as config_lib
 from tlflax import parallel
-from tlflax.data import feeds
-from tlflax.study import plots
-from tlflax.train import steps
-from tlflax.io import storage
-from tlflax.train import epochs
+from tlflax.data import batches, feeds
+from tlflax.data import task as task_lib
 from tlflax.errors import SplitError, UserError, within
+from tlflax.io import figures, storage
+from tlflax.train import evaluation, steps
+from tlflax.use import loader
 
 
 def _confusion(variables, data, rows, index, *, model, num_classes: int, axis_name=None):
   """Per shard: the (true, predicted) counts of evaluation batch `index`, summed over shards."""
-  batch = task_lib.shard_eval_batch(data, rows[index])
+  batch = batches.shard_eval_batch(data, rows[index])
   predicted = jnp.argmax(model.apply(variables, batch["image"], train=False), -1)
   labels = jnp.where(batch["mask"], batch["label"], 0)
   counts = jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, predicted].add(
@@ -55,7 +54,6 @@ def phase_of(info: dict, evaluate_cfg, model_path: str):
     if not (evaluate_cfg.dataset and evaluate_cfg.split):
       raise UserError(f"{model_path} is not a tlflax run, so there is no split to default to: "
                       "set --config.evaluate.dataset and --config.evaluate.split")
-    from tlflax import config as config_lib
     phase = config_lib.phase_config(evaluate_cfg.dataset, 1, image_size=info["image_size"],
                                     resize="center_crop", eval_batch_size=500)
   else:
@@ -93,10 +91,10 @@ def evaluate(model_path: str, config, workdir: str, placement=None) -> str:
 
   eval_fn = placement.spmd(functools.partial(steps.eval_step_on_data, model=model), 4,
                            split=(2,))
-  figures = epochs.evaluate(eval_fn, state, parts, batches)
+  figures = evaluation.evaluate(eval_fn, state, parts, batches)
   confusion_fn = placement.spmd(functools.partial(_confusion, model=model,
                                                   num_classes=loaded.num_classes), 4, split=(2,))
-  confusion = epochs.evaluate_sums(confusion_fn, state, parts["test"], batches)["confusion"]
+  confusion = evaluation.evaluate_sums(confusion_fn, state, parts["test"], batches)["confusion"]
   names = list(loaded.class_names) or loader.class_names(info)  # the same number of classes
   result = {"model": model_path, "checkpoint": info.get("checkpoint") or info.get("file"),
             "dataset": phase.dataset, "split": phase.test_split, "image_size": phase.image_size,
@@ -182,9 +180,7 @@ def markdown(result: dict, pairs: list[tuple]) -> str:
 
 def _plot(confusion: np.ndarray, names: list[str], path: str) -> None:
   """The row-normalised confusion matrix, class names on both axes (small type at 100)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
   n = len(names)
   rows = confusion.sum(1, keepdims=True)
   share = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
@@ -199,4 +195,4 @@ def _plot(confusion: np.ndarray, names: list[str], path: str) -> None:
   ax.set_title("confusion matrix (each row sums to 1)", fontsize="medium")
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
-  plots.write_png(plt, fig, path)
+  figures.write_png(fig, path)

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tlflax.data import task as task_lib
-from tlflax.use import loader
-from tlflax.data import sources
+from tlflax import parallel
+from tlflax.data import batches, sources
 from tlflax.io import storage
+from tlflax.use import loader
 
 ARTIFACT = "model.jaxexport"
 PLATFORMS = ("cpu", "cuda", "tpu")  # the artifact runs on any of them, whichever exported it
@@ -36,7 +36,7 @@ def serving_function(model, info: dict):
   std = np.asarray(info["std"], np.float32)
 
   def serve(variables, images):
-    x = task_lib.normalize(images, mean, std)
+    x = batches.normalize(images, mean, std)
     return jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32), -1)
 
   return serve
@@ -77,8 +77,8 @@ def load_jax(folder: str):
 def export_saved_model(model, variables, info: dict, out: str) -> str:
   """Writes a TensorFlow SavedModel of the serving function (the variables as tf.Variables) and
   its model.json."""
-  tf = sources._tf()
-  from jax.experimental import jax2tf
+  tf = sources.tensorflow()
+  from jax.experimental import jax2tf  # lazily: it imports TensorFlow, for SavedModels only
   size = info["image_size"]
   serve = serving_function(model, info)
   host = jax.device_get(variables)
@@ -101,7 +101,6 @@ def export_saved_model(model, variables, info: dict, out: str) -> str:
 
 def run(model_path: str, workdir: str) -> str:
   """`--mode=export`: both forms of the model `model_path` names; returns DIR/export."""
-  from tlflax import parallel
   model, variables, info = loader.load(model_path)
   out = os.path.join(workdir, "export")
   if parallel.is_main_process():

@@ -15,12 +15,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from tlflax.io import checkpoint
-from tlflax.models import resnet
-from tlflax.io import rundir
-from tlflax.io import storage
-from tlflax.models import weights
 from tlflax.errors import UserError
+from tlflax.io import checkpoint, rundir, storage
+from tlflax.models import resnet, weights
 
 
 def load(path: str):

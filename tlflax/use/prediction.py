@@ -21,15 +21,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
-from tlflax.data import task as task_lib
-from tlflax.use import export
-from tlflax.use import loader
 from tlflax import parallel
-from tlflax.data import sources
-from tlflax.train import steps
-from tlflax.io import storage
+from tlflax.data import batches, sources
 from tlflax.errors import UserError
+from tlflax.io import storage
+from tlflax.train import steps
+from tlflax.use import export, loader
 
 
 def input_files(spec: str) -> list[str]:
@@ -55,7 +54,7 @@ def input_files(spec: str) -> list[str]:
 def decode(files: list[str], size: int, resize: str) -> tuple[np.ndarray, list[str | None]]:
   """uint8 (N, size, size, 3) images of `files` (zeros where a file does not decode) and, per
   file, None or why it did not."""
-  tf = sources._tf()
+  tf = sources.tensorflow()
   fit = sources.image_fitter(size, resize)
   images = np.zeros((len(files), size, size, 3), np.uint8)
   errors: list[str | None] = []
@@ -99,7 +98,7 @@ def _probabilities(variables, images, *, serve, axis_name=None):
   probs = serve(variables, images[0])
   size = probs.shape[0] * (jax.lax.axis_size(axis_name) if axis_name else 1)
   whole = jnp.zeros((size, probs.shape[1]), probs.dtype)
-  whole = whole.at[task_lib.batch_positions(probs.shape[0], axis_name)].set(probs)
+  whole = whole.at[batches.batch_positions(probs.shape[0], axis_name)].set(probs)
   return steps.sum_over(whole, axis_name)
 
 
@@ -127,7 +126,6 @@ def run(model_path: str, input_spec: str, config, workdir: str, placement=None) 
   images, errors = decode(files, info["image_size"], _resize(info))
   predictor = Predictor(model, variables, info, config.predict.batch_size, placement)
   names, k = loader.class_names(info), min(config.predict.top_k, info["num_classes"])
-  from tqdm import tqdm
   probs = []
   with tqdm(total=len(files), unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
     for start in range(0, len(files), predictor.batch):
