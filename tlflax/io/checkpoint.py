@@ -16,6 +16,7 @@ intact.
 
 import contextlib
 import errno
+import math
 import os
 import re
 from typing import Self
@@ -68,7 +69,8 @@ def _manager(directory: str, **options) -> ocp.CheckpointManager:
 def _selection_metric(metrics: dict) -> float:
   """What makes a checkpoint the best: validation accuracy where the run has a validation split,
   else test accuracy."""
-  return metrics.get("val_accuracy", metrics.get("test_accuracy"))
+  value = metrics.get("val_accuracy", metrics.get("test_accuracy"))
+  return value if value is not None and math.isfinite(value) else -math.inf  # never the best
 
 
 class RunCheckpoints:

@@ -82,7 +82,13 @@ def _save(fig, ax, xlabel: str, ylabel: str, path: str) -> None:
 def _band(ax, x, curve: dict, colour: str) -> None:
   """The min-max range over seeds: inside what the seeds reached, never an impossible value."""
   if curve.get("std") is not None:  # two seeds or more
-    ax.fill_between(x, curve["min"], curve["max"], color=colour, alpha=0.2, linewidth=0)
+    ax.fill_between(x, _values(curve["min"]), _values(curve["max"]), color=colour, alpha=0.2,
+                    linewidth=0)
+
+
+def _values(points: list) -> np.ndarray:
+  """A curve's points as floats, an epoch without a finite value (None) as a gap."""
+  return np.array([np.nan if v is None else v for v in points], dtype=float)
 
 
 def _plot_curves(summary: dict, key: str, ylabel: str, path: str, log: bool = False) -> None:
@@ -93,7 +99,7 @@ def _plot_curves(summary: dict, key: str, ylabel: str, path: str, log: bool = Fa
   colours = _colours(summary["experiments"])
   for e in main_budget(summary["experiments"]):
     curve = e["curves"][key]
-    ax.plot(e["epochs"], curve["mean"], color=colours[e["name"]],
+    ax.plot(e["epochs"], _values(curve["mean"]), color=colours[e["name"]],
             label=_label(e["name"], e["seeds"]))
     _band(ax, e["epochs"], curve, colours[e["name"]])
   if log:
@@ -113,8 +119,8 @@ def _plot_time(summary: dict, path: str) -> None:
       continue
     offset = shift if e["mode"] == "transfer" else 0.0
     label = _label(e["name"], e["seeds"]) + (f", + {offset:.0f} s pretraining" if offset else "")
-    x = np.array(e["curves"]["wall_s"]["mean"]) + offset
-    ax.plot(x, e["curves"]["test_accuracy"]["mean"], color=colours[e["name"]], label=label,
+    x = _values(e["curves"]["wall_s"]["mean"]) + offset
+    ax.plot(x, _values(e["curves"]["test_accuracy"]["mean"]), color=colours[e["name"]], label=label,
             marker=".")
     _band(ax, x, e["curves"]["test_accuracy"], colours[e["name"]])
   ax.set_title("mean over seeds, band: min-max over seeds", fontsize="medium")

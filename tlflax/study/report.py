@@ -24,7 +24,7 @@ from tlflax.errors import UserError
 from tlflax.io import rundir, storage
 from tlflax.io.rundir import read_json
 from tlflax.study import claims, plots
-from tlflax.train.monitor import best_record, read_events, read_metrics
+from tlflax.train.monitor import read_events, read_metrics
 
 CURVE_KEYS = ("test_loss", "test_accuracy", "train_loss", "val_loss", "val_accuracy", "wall_s")
 
@@ -134,10 +134,13 @@ def find_runs(workdir: str, experiment: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
+def _finite(value) -> bool:
+  return value is not None and bool(np.isfinite(value))
+
+
 def _mean_std(values) -> dict | None:
   """Mean, sample std (ddof=1; None for one value), count, min and max of the finite values."""
-  values = np.asarray([v for v in values if v is not None], dtype=float)
-  values = values[np.isfinite(values)]
+  values = np.asarray([v for v in values if _finite(v)], dtype=float)
   if not values.size:
     return None
   return {"mean": float(values.mean()),
@@ -146,30 +149,45 @@ def _mean_std(values) -> dict | None:
 
 
 def _curve(values: np.ndarray) -> dict:
-  """Per-epoch mean, sample std (None for one seed), min and max of a [seed][epoch] array."""
-  return {"mean": values.mean(0).tolist(),
-          "std": values.std(0, ddof=1).tolist() if len(values) > 1 else None,
-          "min": values.min(0).tolist(), "max": values.max(0).tolist()}
+  """Per-epoch mean, sample std (None for one seed), min, max and count of the finite values of
+  a [seed][epoch] array; an epoch with no finite value is None throughout."""
+  stats = [_mean_std(column) for column in values.T]
+  pick = lambda k: [s[k] if s else None for s in stats]
+  return {"mean": pick("mean"),
+          "std": [s["std"] if s else None for s in stats] if len(values) > 1 else None,
+          "min": pick("min"), "max": pick("max"), "n": pick("n")}
+
+
+def _extreme(records: list[dict], key: str, best) -> dict | None:
+  """The record of a seed whose finite `key` is `best` (min or max), the earliest of equals."""
+  finite = [r for r in records if _finite(r.get(key))]
+  if not finite:
+    return None
+  sign = 1 if best is min else -1
+  return min(finite, key=lambda r: (sign * r[key], r["epoch"]))
 
 
 def _experiment(workdir: str, g: _Group) -> dict | None:
   """The figures of one experiment over its seeds (None when its runs share no evaluated
-  epoch). Curves are cut to the epochs every seed evaluated; `cut` says so when one seed ran
-  further."""
+  epoch). Curves are cut to the epochs every seed evaluated (`cut` says so when one seed ran
+  further); each seed's own figures (best, final, lowest loss) come from its whole run, its
+  finite values only; `seed_curves` keeps every seed's curves for the claims."""
   records = [{r["epoch"]: r for r in read_metrics(d) if "test_accuracy" in r} for d in g.runs]
   epochs = sorted(set.intersection(*(set(r) for r in records)))
   if not epochs:
     return None
   rows = [[r[e] for e in epochs] for r in records]  # [seed][epoch] records
+  whole = [[r[e] for e in sorted(r)] for r in records]  # each seed's every record
   select = "val" if all("val_accuracy" in x for row in rows for x in row) else "test"
-  best = [best_record(row, f"{select}_accuracy") for row in rows]
-  curves = {key: _curve(np.array([[x[key] for x in row] for row in rows], dtype=float))
+  best = [_extreme(row, f"{select}_accuracy", max) for row in whole]
+  curves = {key: _curve(np.array([[_float(x[key]) for x in row] for row in rows], dtype=float))
             for key in CURVE_KEYS if all(key in x for row in rows for x in row)}
-  lowest = [min(row, key=lambda x: (x["test_loss"], x["epoch"])) for row in rows]
+  lowest = [_extreme(row, "test_loss", min) for row in whole]
   summaries = [read_json(os.path.join(d, "summary.json")) or {} for d in g.runs]
   per_class = [s["train_examples"] / s["num_classes"] for s in summaries
                if s.get("train_examples") and s.get("num_classes")]
   longest = max(max(r) for r in records)
+  pick = lambda chosen, key: [c[key] if c else None for c in chosen]
   out = {
       "name": g.name, "mode": g.mode, "arm": g.arm, "budget": g.budget,
       "examples_per_class": (float(np.mean(per_class)) if per_class else
@@ -178,17 +196,31 @@ def _experiment(workdir: str, g: _Group) -> dict | None:
       "epochs": epochs, "curves": curves, "selected_on": select,
       "cut": ({"to_epoch": epochs[-1], "longest_epoch": longest} if longest > epochs[-1]
               else None),
-      "best": {"epoch": _mean_std([b["epoch"] for b in best]),
-               "test_accuracy": _mean_std([b["test_accuracy"] for b in best])},
-      "final": {"test_accuracy": _mean_std([row[-1]["test_accuracy"] for row in rows]),
-                "test_loss": _mean_std([row[-1]["test_loss"] for row in rows])},
-      "min_test_loss": _mean_std([x["test_loss"] for x in lowest]),
-      "min_test_loss_epoch": _mean_std([x["epoch"] for x in lowest]),
+      "best": {"epoch": _mean_std(pick(best, "epoch")),
+               "test_accuracy": _mean_std(pick(best, "test_accuracy"))},
+      "final": {"test_accuracy": _mean_std([row[-1]["test_accuracy"] for row in whole]),
+                "test_loss": _mean_std([row[-1]["test_loss"] for row in whole])},
+      "min_test_loss": _mean_std(pick(lowest, "test_loss")),
+      "min_test_loss_epoch": _mean_std(pick(lowest, "epoch")),
       "wall_s": _mean_std([s.get("wall_s") for s in summaries]),
+      "seed_curves": {str(seed): {"epochs": [x["epoch"] for x in row],
+                                  **{k: [_float(x[k]) if _finite(_float(x[k])) else None
+                                         for x in row]
+                                     for k in CURVE_KEYS if all(k in x for x in row)}}
+                      for seed, row in zip(g.seeds, whole, strict=True)},
+      "nonfinite": [{"run": os.path.relpath(d, workdir), "epoch": x["epoch"], "key": k,
+                     "value": str(x[k])}
+                    for d, row in zip(g.runs, whole, strict=True) for x in row
+                    for k in CURVE_KEYS if k in x and not _finite(_float(x[k]))],
   }
   if select == "val":
-    out["best"]["val_accuracy"] = _mean_std([b["val_accuracy"] for b in best])
+    out["best"]["val_accuracy"] = _mean_std(pick(best, "val_accuracy"))
   return out
+
+
+def _float(value) -> float:
+  """A metric as a float (None, and what json writes as NaN or Infinity, stay non-finite)."""
+  return float("nan") if value is None else float(value)
 
 
 def _study_pair(experiments: dict) -> tuple[dict | None, dict | None]:
@@ -221,6 +253,7 @@ def summarize(workdir: str, include_unfinished: bool = False) -> dict:
   out["claims_on"] = {"scratch": scratch and scratch["name"],
                       "transfer": transfer and transfer["name"]}
   out["claims"] = claims.judge_claims(scratch, transfer)
+  out["nonfinite"] = [p for e in experiments.values() for p in e["nonfinite"]]
   pretrain = read_json(os.path.join(workdir, "pretrain", "summary.json"))
   if pretrain:
     out["pretrain"] = {"dataset": pretrain.get("dataset"), "wall_s": pretrain.get("wall_s"),
@@ -233,12 +266,17 @@ def summarize(workdir: str, include_unfinished: bool = False) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def _fmt(stat: dict | None, digits: int = 4) -> str:
+def _fmt(stat: dict | None, digits: int = 4, seeds: int = 0) -> str:
+  """Mean ± std, or the value alone for one; '(n of N seeds)' where seeds' values were left out
+  (not finite)."""
   if stat is None:
     return "n/a"
-  if stat["std"] is None:
-    return f"{stat['mean']:.{digits}f}"
-  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+  text = f"{stat['mean']:.{digits}f}"
+  if stat["std"] is not None:
+    text += f" ± {stat['std']:.{digits}f}"
+  if seeds and stat["n"] < seeds:
+    text += f" ({stat['n']} of {seeds} seeds)"
+  return text
 
 
 def _budget_words(e: dict) -> str:
@@ -311,10 +349,11 @@ def _markdown(summary: dict) -> str:
              "| final test acc | min test loss | epoch of min test loss | wall-clock s |"),
             "|---|---|---|---|---|---|---|---|---|---|"]
   for e in exps.values():
-    lines.append(f"| {e['name']} | {_budget_words(e)} | {len(e['seeds'])} | {e['selected_on']} "
-                 f"| {_fmt(e['best']['test_accuracy'])} | {_fmt(e['best']['epoch'], 1)} "
-                 f"| {_fmt(e['final']['test_accuracy'])} | {_fmt(e['min_test_loss'])} "
-                 f"| {_fmt(e['min_test_loss_epoch'], 1)} | {_fmt(e['wall_s'], 1)} |")
+    n = len(e["seeds"])
+    lines.append(f"| {e['name']} | {_budget_words(e)} | {n} | {e['selected_on']} "
+                 f"| {_fmt(e['best']['test_accuracy'], 4, n)} | {_fmt(e['best']['epoch'], 1, n)} "
+                 f"| {_fmt(e['final']['test_accuracy'], 4, n)} | {_fmt(e['min_test_loss'], 4, n)} "
+                 f"| {_fmt(e['min_test_loss_epoch'], 1, n)} | {_fmt(e['wall_s'], 1, n)} |")
   arms = summary.get("arms") or {}
   if arms:
     lines += ["", ("Transfer arms (overrides of `config.transfer`, and of `config.target` under "
@@ -326,8 +365,20 @@ def _markdown(summary: dict) -> str:
     lines += ["", (f"Pretraining on {p['dataset']}: final test accuracy "
               f"{acc if acc is None else format(acc, '.4f')}, {p['wall_s'] or 0:.1f} s "
               "wall-clock (counted in `time.png`).")]
-  lines += _unfinished_lines(summary)
+  lines += _nonfinite_lines(summary) + _unfinished_lines(summary)
   return "\n".join(lines) + "\n"
+
+
+def _nonfinite_lines(summary: dict) -> list[str]:
+  """Every non-finite value in the runs' metrics, which no figure or verdict above uses."""
+  points = summary["nonfinite"]
+  if not points:
+    return []
+  lines = ["", "## Non-finite values", "",
+           ("Left out of every mean, extreme and verdict above (an epoch where every seed is "
+            "non-finite counts as the worst value, never as a best):"), ""]
+  return lines + [f"- `{p['run']}` epoch {p['epoch']}: `{p['key']}` = {p['value']}"
+                  for p in points]
 
 
 def require_runs(workdir: str, include_unfinished: bool = False) -> dict:

@@ -2,6 +2,7 @@
 the `Recorder` that holds them together for one run (its history and its time)."""
 
 import json
+import math
 import sys
 import tempfile
 import time
@@ -119,11 +120,18 @@ def selection_key(history: list[dict]) -> str:
 
 
 def best_record(history: list[dict], key: str | None = None) -> dict | None:
-  """The record of the best epoch by `key` (default `selection_key`), the earliest of equals."""
+  """The record of the best epoch by `key` (default `selection_key`), the earliest of equals;
+  a non-finite value is never the best (None when no value is finite)."""
   if not history:
     return None
   key = key or selection_key(history)
-  return max(history, key=lambda r: (r[key], -r["epoch"]))
+  finite = [r for r in history if math.isfinite(r[key])]
+  return max(finite, key=lambda r: (r[key], -r["epoch"])) if finite else None
+
+
+def nonfinite(record: dict) -> list[str]:
+  """The keys of an epoch record whose value is a non-finite float."""
+  return [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
 
 
 def write_event(run_dir: str, event: dict) -> None:

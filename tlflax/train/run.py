@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import jax
 import numpy as np
+from absl import logging
 
 from tlflax import parallel
 from tlflax.data import feeds
@@ -180,6 +181,11 @@ class _Run:
               "wall_s": self.recorder.elapsed()["wall_s"],
               **epochs.scaling_figures(self.trainer.loss_scaling, sums)}
     self.recorder.record(record)
+    bad = monitor.nonfinite(record)
+    if bad and parallel.is_main_process():
+      logging.warning("[%s] epoch %d: non-finite %s (%s): kept in metrics.jsonl and named in "
+                      "summary.json; the report leaves such values out", self.spec.mode,
+                      epoch + 1, ", ".join(bad), ", ".join(str(record[k]) for k in bad))
     return record
 
   def save(self, state, epoch: int, done: int, sums, metrics: dict | None = None) -> str:
@@ -235,6 +241,8 @@ def _summary(run: _Run, task: task_lib.Task, state, at: _Position, placement) ->
           "pipeline": run.trainer.feed.name, "class_names": list(task.class_names),
           "final": history[-1] if history else None,
           "selected_on": monitor.selection_key(history).split("_")[0],
+          "nonfinite": [{"epoch": r["epoch"], "keys": monitor.nonfinite(r)} for r in history
+                        if monitor.nonfinite(r)],
           "best": monitor.best_record(history)}
 
 
