@@ -175,3 +175,93 @@ def test_a_float16_run_with_accumulation_records_its_scale_and_resumes_exactly(t
   assert float(resumed.state.loss_scale.scale) == steps.LOSS_SCALE_INIT
   for key in ("train_loss", "test_loss", "test_accuracy", "learning_rate"):
     assert [r[key] for r in resumed.history] == [r[key] for r in whole.history]
+
+
+def test_skipped_float16_steps_add_nothing_to_the_epoch_sums():
+  """Steps at a scale that overflows are skipped: the epoch's sums hold only the other steps'
+  loss and accuracy, and their mean divides by those steps alone."""
+  model = resnet.create_model("resnet10", 10, width=4, dtype="float16")
+  tx = optax.sgd(0.05, momentum=0.9)
+  state = _scaled_state(model, tx, 2.0 ** 22)
+  images, labels = _batches(32)
+  batch = {"image": images, "label": labels}
+  raw = jax.jit(functools.partial(steps.train_step, model=model, tx=tx))
+  summed = jax.jit(functools.partial(
+      steps.accumulating(lambda s, data, rows, **kw: steps.train_step(s, data, **kw)),
+      model=model, tx=tx))
+  a, b, sums, seen = state, state, steps.zero_metrics(), []
+  for _ in range(12):
+    a, metrics = raw(a, batch)
+    b, sums = summed(b, sums, batch, None)
+    seen.append({k: float(metrics[k]) for k in ("loss", "accuracy", "skipped")})
+  kept = [r for r in seen if not r["skipped"]]
+  assert 0 < len(kept) < len(seen)  # some steps skipped, some counted
+  assert float(sums["skipped"]) == len(seen) - len(kept)
+  assert float(sums["loss"]) == pytest.approx(sum(r["loss"] for r in kept), rel=1e-5)
+  assert float(sums["accuracy"]) == pytest.approx(sum(r["accuracy"] for r in kept), rel=1e-5)
+  mean = steps.mean_of(sums["loss"], len(seen), sums["skipped"])
+  assert mean == pytest.approx(np.mean([r["loss"] for r in kept]), rel=1e-5)
+  assert np.isnan(steps.mean_of(0.0, 3, 3.0))  # nothing counted: no number
+
+
+def test_a_float16_run_that_skips_steps_records_finite_means_and_the_scale_after_them(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(steps, "LOSS_SCALE_INIT", 2.0 ** 18)  # the first steps overflow
+  task = task_lib.load_task(PHASE, None, seed=0)
+  result = _fit(task, tmp_path / "run")
+  windows = [json.loads(x) for x in (tmp_path / "run" / "train_steps.jsonl").read_text()
+             .splitlines()]
+  spe = len(windows) // 2  # log_every_steps=1: a window a step
+  first = result.history[0]
+  counted = [w["train_loss"] for w in windows[:spe] if w["skipped_steps"] == 0]
+  assert first["skipped_steps"] == spe - len(counted) > 0 and counted
+  assert first["train_loss"] == pytest.approx(np.mean(counted), rel=1e-5)
+  assert all(np.isnan(w["train_loss"]) for w in windows[:spe] if w["skipped_steps"])
+  # loss_scale: the scale after the epoch's last step, the one the next step starts with
+  assert first["loss_scale"] == windows[spe - 1]["loss_scale"]
+  assert float(result.state.loss_scale.scale) == result.history[-1]["loss_scale"]
+
+
+def test_every_step_window_says_which_steps_it_averages_across_a_resume(tmp_path, monkeypatch):
+  """log_every_steps=3 over 4 steps an epoch; stopped after step 2 and resumed: the resumed
+  run's window ending at step 3 averages step 3 alone, and says so."""
+  task = task_lib.load_task(PHASE, None, seed=0)
+
+  def fit(run_dir):
+    return run_lib.fit(run_spec(PHASE, FP16, log_every_steps=3, checkpoint={"keep": 1}), task,
+                       str(run_dir))
+
+  def windows(run_dir):
+    return [json.loads(x) for x in (run_dir / "train_steps.jsonl").read_text().splitlines()]
+
+  fit(tmp_path / "whole")
+  monkeypatch.setattr(preemption, "should_stop", lambda step: step == 2)
+  with pytest.raises(Stopped):
+    fit(tmp_path / "cut")
+  monkeypatch.undo()
+  fit(tmp_path / "cut")
+  whole = [(w["first_step"], w["step"], w["steps"]) for w in windows(tmp_path / "whole")]
+  assert whole == [(1, 3, 3), (4, 4, 1), (5, 7, 3), (8, 8, 1)]
+  cut = [(w["first_step"], w["step"], w["steps"]) for w in windows(tmp_path / "cut")]
+  assert cut == [(3, 3, 1), (4, 4, 1), (5, 7, 3), (8, 8, 1)]
+
+
+@pytest.mark.parametrize("train,k", [(48, 2), (80, 4)])
+def test_accumulation_performs_every_update_its_schedule_counts(tmp_path, train, k):
+  """3 epochs of train/16 steps, accumulating k: the last update takes the steps that are left
+  (here fewer than k), so the run applies ceil(steps / k) updates, and the schedule ends at 0."""
+  phase = config_lib.phase_config("synthetic10", 3, train_split=f"train[:{train}]",
+                                  test_split="test[:16]", image_size=16, batch_size=16,
+                                  eval_batch_size=16, warmup_epochs=0.5, accumulate_steps=k)
+  model = config_lib.model_config(name="resnet10", width=4, dtype="float32")
+  task = task_lib.load_task(phase, None, seed=0)
+  result = run_lib.fit(run_spec(phase, model, checkpoint={"keep": 1}), task, str(tmp_path))
+  total = 3 * (train // 16)
+  assert total % k  # the last group is a partial one
+  updates = -(-total // k)
+  plan = spec.Plan.create(run_spec(phase, model), train, _OneDevice())
+  assert int(result.state.opt_state.gradient_step) == updates
+  assert int(result.state.opt_state.mini_step) == 0  # nothing left accumulated
+  assert float(plan.schedule(updates)) == pytest.approx(0.0, abs=1e-9)
+  assert float(plan.schedule(updates - 1)) > 0  # the last update still moved the weights
+  assert result.history[-1]["learning_rate"] == pytest.approx(float(plan.schedule(updates - 1)))

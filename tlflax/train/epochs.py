@@ -51,7 +51,8 @@ class Trainer:
     """The model and optimizer of a freeze policy (`params` may be shapes)."""
     return optim.policy_setup(policy, self.spec, self.plan.schedule, self.task.num_classes,
                               params, streamed=self.feed.name == "stream",
-                              note=self.recorder.note)
+                              note=self.recorder.note,
+                              total_steps=self.plan.epochs * self.plan.steps_per_epoch)
 
   def policy_at(self, epoch: int):
     return transfer.policy_at(self.spec.transfer, epoch)
@@ -158,12 +159,13 @@ class Trainer:
         if int(host["nonfinite_step"]) >= 0:
           raise NonFinite(int(host["nonfinite_step"]))
         if progress.wants_update(i):
-          progress.update(i + 1, float(host["loss"]) / (i + 1))
+          progress.update(i + 1, steps.mean_of(host["loss"], i + 1, host["skipped"]))
         now, n = time.perf_counter(), i + 1 - seen_at
+        skipped = float(host["skipped"] - seen["skipped"])
         if n > 0:
-          self.recorder.window(epoch * spe + i + 1, {
-              "train_loss": float(host["loss"] - seen["loss"]) / n,
-              "train_accuracy": float(host["accuracy"] - seen["accuracy"]) / n,
+          self.recorder.window(epoch * spe + i + 1, n, {
+              "train_loss": steps.mean_of(host["loss"] - seen["loss"], n, skipped),
+              "train_accuracy": steps.mean_of(host["accuracy"] - seen["accuracy"], n, skipped),
               "img_per_s": n * self.plan.batch_size / max(now - seen_t, 1e-9),
               **scaling_figures(self.loss_scaling, host, seen)})
         seen, seen_at, seen_t = host, i + 1, now

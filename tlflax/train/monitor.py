@@ -73,8 +73,9 @@ class MetricsWriter:
     self._upload()
 
   def write_step(self, record: dict) -> None:
-    """One `log_every_steps` window: {'step', 'train_loss', 'train_accuracy', 'learning_rate',
-    'img_per_s'} (means over the window) -> train_steps.jsonl and TensorBoard's `step/` tags."""
+    """One window: {'step', 'first_step', 'steps', 'train_loss', 'train_accuracy',
+    'learning_rate', 'img_per_s'} (means over steps first_step..step) -> train_steps.jsonl and
+    TensorBoard's `step/` tags."""
     storage.append_text(self.step_path, json.dumps(record) + "\n")
     self._step_scalars(record)
 
@@ -89,7 +90,7 @@ class MetricsWriter:
 
   def _step_scalars(self, record: dict) -> None:
     for key, value in record.items():
-      if key != "step":
+      if key not in ("step", "first_step", "steps"):
         self._tb.add_scalar(f"step/{key}", value, record["step"])
 
   def close(self) -> None:
@@ -291,11 +292,14 @@ class Recorder:
     out["wall_s"] = self._earlier["wall_s"] + time.perf_counter() - self._started
     return out
 
-  def window(self, step: int, window: dict) -> None:
-    """A `log_every_steps` window ending at global `step` (train_steps.jsonl, TensorBoard)."""
+  def window(self, step: int, steps: int, window: dict) -> None:
+    """A window of the `steps` steps ending at global `step` (train_steps.jsonl, TensorBoard):
+    `log_every_steps` of them, fewer at an epoch's end or after a resume inside a window, so each
+    record says which steps it averages (`first_step`..`step`)."""
     window = {**window, "learning_rate": self.plan.learning_rate(step)}
     if self._writer is not None:
-      self._writer.write_step({"step": step, **window})
+      self._writer.write_step({"step": step, "first_step": step - steps + 1, "steps": steps,
+                               **window})
     if self._tracker is not None:
       self._tracker.log(step, window, prefix="train/")
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from tlflax.models import resnet
@@ -28,15 +29,17 @@ def learning_rate_schedule(phase, epochs: int, steps_per_epoch: int) -> optax.Sc
       decay_steps=total, end_value=0.0)
 
 
-def make_optimizer(phase, schedule: optax.Schedule, labels=None, lr_factors=None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(phase, schedule: optax.Schedule, labels=None, lr_factors=None,
+                   total_steps: int = 0) -> optax.GradientTransformation:
   """SGD (nesterov momentum) with weight decay added to the gradient, as PyTorch's SGD does.
 
   With `labels` ('trainable' / 'frozen' per parameter, see `transfer.trainable_labels`) the
   optimizer is an `optax.partition`: frozen parameters get zero updates and hold no state, and
   clipping and weight decay see only trainable ones. `lr_factors` scales each update. With
   `phase.accumulate_steps` k > 1, `optax.MultiSteps` averages the gradients of k steps and
-  updates once (the other k - 1 steps leave the parameters as they are).
+  updates once (the other k - 1 steps leave the parameters as they are); given the run's
+  `total_steps`, the last update averages the steps that are left when they are fewer than k, so
+  the run performs every update its schedule counts (`learning_rate_schedule`).
   """
   trainable = [optax.clip_by_global_norm(phase.grad_clip_norm)] if phase.grad_clip_norm else []
   trainable += [optax.add_decayed_weights(phase.weight_decay),
@@ -48,8 +51,17 @@ def make_optimizer(phase, schedule: optax.Schedule, labels=None, lr_factors=None
   if lr_factors is not None:
     tx = optax.chain(tx, transfer.scale_by_tree(lr_factors))
   if phase.accumulate_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=phase.accumulate_steps).gradient_transformation()
+    tx = optax.MultiSteps(tx, every_k_schedule=accumulation_schedule(
+        phase.accumulate_steps, total_steps)).gradient_transformation()
   return tx
+
+
+def accumulation_schedule(k: int, total_steps: int) -> Callable:
+  """How many steps update `g` (0-based) accumulates: k, and for the last of the
+  ceil(total_steps / k) updates what is left (k when `total_steps` is 0: not known)."""
+  updates = -(-total_steps // k)
+  last = total_steps - (updates - 1) * k if total_steps else k
+  return lambda g: jnp.where(g >= updates - 1, last, k)
 
 
 def carry_opt_state(old, template):
@@ -75,10 +87,12 @@ class Setup:
 
 
 def policy_setup(policy, spec, schedule: optax.Schedule, num_classes: int, params,
-                 streamed: bool = False, note: Callable[[str], None] = lambda _: None) -> Setup:
+                 streamed: bool = False, note: Callable[[str], None] = lambda _: None,
+                 total_steps: int = 0) -> Setup:
   """The `Setup` of a freeze policy for the run `spec` (a `spec.RunSpec`); `params` may be
   shapes. A run that is not a transfer run and freezes nothing gets plain SGD. `streamed`: the
-  data streams from the host, so the head cannot train on cached features."""
+  data streams from the host, so the head cannot train on cached features. `total_steps`: the
+  run's steps, so accumulation's last update takes what is left."""
   transfer_cfg = spec.transfer
   num_stages = resnet.num_stages(spec.model.name)
   labels = transfer.trainable_labels(params, policy, num_stages)
@@ -89,7 +103,7 @@ def policy_setup(policy, spec, schedule: optax.Schedule, num_classes: int, param
     factors = transfer.lr_multipliers(params, transfer_cfg.lr_mult, transfer_cfg.layer_decay,
                                       num_stages)
   model = resnet.from_config(spec.model, num_classes, **layout)
-  tx = make_optimizer(spec.phase, schedule, labels, factors)
+  tx = make_optimizer(spec.phase, schedule, labels, factors, total_steps)
   if transfer_cfg is not None or policy != "none":
     flat = transfer.flatten(labels)
     frozen = [p for p, v in flat.items() if v == transfer.FROZEN]

@@ -167,14 +167,16 @@ class _Run:
     epoch_s = self.trainer.epoch_elapsed()
     self.recorder.add_time("train_s", epoch_s)
     sums = jax.device_get(sums)
-    self.recorder.progress.end_epoch(float(sums["loss"]) / self.plan.steps_per_epoch)
+    self.recorder.progress.end_epoch(steps.mean_of(sums["loss"], self.plan.steps_per_epoch,
+                                                   sums["skipped"]))
     return state, sums, epoch_s
 
   def evaluate(self, state, epoch: int, sums: dict, epoch_s: float, first: int) -> dict:
     """The record of `epoch`: its training figures, an evaluation, its speed and time."""
     spe, step = self.plan.steps_per_epoch, int(state.step)
-    record = {"epoch": epoch + 1, "step": step, "train_loss": float(sums["loss"]) / spe,
-              "train_accuracy": float(sums["accuracy"]) / spe,
+    record = {"epoch": epoch + 1, "step": step,
+              "train_loss": steps.mean_of(sums["loss"], spe, sums["skipped"]),
+              "train_accuracy": steps.mean_of(sums["accuracy"], spe, sums["skipped"]),
               **self.trainer.evaluate(state),
               "learning_rate": self.plan.learning_rate(step), "epoch_s": epoch_s,
               "img_per_s": (spe - first) * self.plan.batch_size / epoch_s,

@@ -116,7 +116,7 @@ def _scaled_step(state: TrainState, loss_fn, params, labels, tx, axis_name
                     batch_stats=keep(new.batch_stats, state.batch_stats),
                     opt_state=keep(new.opt_state, state.opt_state), loss_scale=scale)
   metrics.update(finite=finite | (state.loss_scale.scale > 1.0),
-                 skipped=1.0 - finite.astype(jnp.float32), loss_scale=state.loss_scale.scale)
+                 skipped=1.0 - finite.astype(jnp.float32), loss_scale=scale.scale)
   return new, metrics
 
 
@@ -213,10 +213,23 @@ def eval_step_on_batch(variables: dict, data: dict, batch: dict, index, **kwargs
 def zero_metrics() -> dict:
   """Sums of the train metrics before an epoch's first step; `nonfinite_step` is the first global
   step whose loss or gradients were not finite (-1: none yet); `skipped` counts the steps that
-  float16 loss scaling skipped, `loss_scale` is the scale of the last step (0: no scaling)."""
+  float16 loss scaling skipped (their loss and accuracy are not added: a mean divides by the
+  steps counted, `counted`), `loss_scale` is the scale after the last step, the one the next
+  step uses (0: no scaling)."""
   return {"loss": jnp.zeros((), jnp.float32), "accuracy": jnp.zeros((), jnp.float32),
           "skipped": jnp.zeros((), jnp.float32), "loss_scale": jnp.zeros((), jnp.float32),
           "nonfinite_step": jnp.full((), -1, jnp.int32)}
+
+
+def counted(steps: int, skipped: float) -> int:
+  """The steps whose metrics an epoch's sums hold: `steps` less those loss scaling skipped."""
+  return steps - round(float(skipped))
+
+
+def mean_of(total, steps: int, skipped: float = 0.0) -> float:
+  """A summed metric over the steps it counts (NaN when loss scaling skipped every one)."""
+  n = counted(steps, skipped)
+  return float(total) / n if n > 0 else float("nan")
 
 
 def accumulating(step: Callable) -> Callable:
@@ -229,9 +242,11 @@ def accumulating(step: Callable) -> Callable:
     new_state, metrics = step(state, data, rows, **kwargs)
     first = sums["nonfinite_step"]
     bad = (first < 0) & ~metrics["finite"]
+    skipped = metrics.get("skipped", 0.0)
+    add = lambda key: sums[key] + jnp.where(skipped > 0, 0.0, metrics[key])
     return new_state, {
-        "loss": sums["loss"] + metrics["loss"], "accuracy": sums["accuracy"] + metrics["accuracy"],
-        "skipped": sums["skipped"] + metrics.get("skipped", 0.0),
+        "loss": add("loss"), "accuracy": add("accuracy"),
+        "skipped": sums["skipped"] + skipped,
         "loss_scale": metrics.get("loss_scale", sums["loss_scale"]).astype(jnp.float32),
         "nonfinite_step": jnp.where(bad, new_state.step, first)}
   return run
