@@ -162,6 +162,8 @@ def test_evaluation_and_checkpoints_every_2_epochs_resume_exactly(task, whole, t
   assert 9 in kept and set(kept) <= {6, 9}
 
 
+# The writes that were in flight when one failed must not end in "Event loop is closed" noise.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_a_failed_write_is_one_line_naming_the_folder_and_earlier_checkpoints_survive(
     task, tmp_path, monkeypatch):
   """A full disk, simulated by a file-size limit (Python ignores SIGXFSZ, so writes past it fail

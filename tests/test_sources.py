@@ -2,6 +2,9 @@
 user's own images, splits too large for RAM memory-mapped."""
 
 import json
+import os
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -157,3 +160,18 @@ def test_a_folder_dataset_trains_through_the_cli_names_its_classes_and_leaks_no_
   assert summary["class_names"] == ["blue", "green", "red"]
   assert (summary["num_classes"], summary["train_examples"], summary["test_examples"]) == (3, 24, 6)
   assert summary["final"]["test_count"] == 6 and summary["pipeline"] == "device"
+
+
+def test_tensorflow_loads_without_its_cpp_start_up_notices_and_keeps_other_lines():
+  code = ("import os, sys\n"
+          "from tlflax.data import sources\n"
+          "with sources._without_startup_noise():\n"
+          "  os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on.\\nkept line\\n')\n"
+          "sources.import_tfds()\n"
+          "print('after', file=sys.stderr)\n")
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "oneDNN" not in out.stderr and "absl::InitializeLog" not in out.stderr
+  assert out.stderr.splitlines()[-2:] == ["kept line", "after"]

@@ -162,3 +162,24 @@ def test_label_smoothing_spreads_the_target_over_every_class():
   # Smoothing raises the loss of a confident correct prediction and lowers a confident wrong one.
   plain, smooth = steps.cross_entropy(logits, labels), steps.cross_entropy(logits, labels, 0.3)
   assert float(smooth[0]) > float(plain[0]) and float(smooth[1]) < float(plain[1])
+
+
+def test_a_non_finite_evaluation_is_reported_when_it_happens(tmp_path, monkeypatch):
+  """Epoch 1's test loss is NaN (as float16 can give): the run warns at that epoch, keeps the
+  value in metrics.jsonl, names it in summary.json, and picks its best epoch among finite ones."""
+  real = evaluation.evaluate
+  calls = []
+
+  def nan_at_first(*args, **kwargs):
+    out = real(*args, **kwargs)
+    calls.append(1)
+    return {**out, "test_loss": float("nan")} if len(calls) == 1 else out
+
+  monkeypatch.setattr(evaluation, "evaluate", nan_at_first)
+  warnings = []
+  monkeypatch.setattr(run_lib.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  result = _fit(tmp_path, 0, "run")
+  assert np.isnan(result.history[0]["test_loss"]) and np.isfinite(result.history[1]["test_loss"])
+  assert result.summary["nonfinite"] == [{"epoch": 1, "keys": ["test_loss"]}]
+  assert len(warnings) == 1 and "epoch 1: non-finite test_loss (nan)" in warnings[0]
+  assert result.summary["best"] is not None and np.isfinite(result.summary["best"]["test_accuracy"])

@@ -28,9 +28,9 @@ def test_evaluate_equals_the_runs_last_evaluation_and_adds_per_class_figures(tin
   result = run_cli(["--mode=evaluate", "--config=smoke", f"--model={run}",
                     f"--workdir={tmp_path}"], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  out = tmp_path / "evaluate" / "scratch_synthetic100_test_200"
-  ev = json.loads((out / "evaluation.json").read_text())
   last = _records(run)[-1]
+  out = tmp_path / "evaluate" / f"scratch_latest_step{last['step']}_synthetic100_test_200"
+  ev = json.loads((out / "evaluation.json").read_text())
   # The training run's own eval step and padding: the same numbers, exactly.
   assert (ev["loss"], ev["accuracy"], ev["top5"], ev["count"]) == (
       last["test_loss"], last["test_accuracy"], last["test_top5"], last["test_count"])
@@ -51,15 +51,20 @@ def test_evaluate_equals_the_runs_last_evaluation_and_adds_per_class_figures(tin
   with Image.open(out / "confusion.png") as image:
     assert image.size[0] > 1000  # 100 class names on each axis
 
-  # The best checkpoint, on another split.
+  # The best checkpoint, on another split; then on the same split as the latest one, which it
+  # leaves as it was (the checkpoint is part of the folder's name).
   best = json.loads((run / "summary.json").read_text())["best"]
-  other = run_cli(["--mode=evaluate", "--config=smoke", f"--model={run}", f"--workdir={tmp_path}",
-                   "--config.evaluate.checkpoint=best", "--config.evaluate.split=train[:64]"],
-                  tmp_path)
-  assert other.returncode == 0, other.stderr[-3000:]
-  ev = json.loads((tmp_path / "evaluate" / "scratch_synthetic100_train_64" /
-                   "evaluation.json").read_text())
-  assert ev["count"] == 64 and ev["checkpoint"].endswith(f"/checkpoints/{best['step']}")
+  latest_json = (out / "evaluation.json").read_bytes()
+  for split, folder in (("train[:64]", "train_64"), ("test[:200]", "test_200")):
+    other = run_cli(["--mode=evaluate", "--config=smoke", f"--model={run}",
+                     f"--workdir={tmp_path}", "--config.evaluate.checkpoint=best",
+                     f"--config.evaluate.split={split}"], tmp_path)
+    assert other.returncode == 0, other.stderr[-3000:]
+    ev = json.loads((tmp_path / "evaluate" / f"scratch_best_step{best['step']}_synthetic100_"
+                     f"{folder}" / "evaluation.json").read_text())
+    assert ev["checkpoint"].endswith(f"/checkpoints/{best['step']}")
+    assert ev["count"] == (64 if folder == "train_64" else 200)
+  assert (out / "evaluation.json").read_bytes() == latest_json
 
 
 def test_per_class_figures_of_a_known_confusion_matrix():

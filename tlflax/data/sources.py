@@ -18,6 +18,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import sys
 import tempfile
 
 import numpy as np
@@ -42,19 +43,48 @@ class Loaded:
   class_names: tuple[str, ...]
 
 
+# What TensorFlow's C++ side prints while it loads, before any setting can silence it (absl
+# writes to file descriptor 2 until it is initialised; TF_CPP_MIN_LOG_LEVEL comes too late).
+_STARTUP_NOISE = re.compile(r"All log messages before absl::InitializeLog|oneDNN custom operations "
+                            r"are on|cpu_feature_guard|This TensorFlow binary is optimized")
+
+
+@contextlib.contextmanager
+def _without_startup_noise():
+  """Holds back what is written to file descriptor 2 while TensorFlow loads, then passes on
+  every line but its start-up notices (warnings and errors still reach the user)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as caught:
+    os.dup2(caught.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      caught.seek(0)
+      kept = [line for line in caught.read().decode(errors="replace").splitlines()
+              if not _STARTUP_NOISE.search(line)]
+      if kept:
+        print("\n".join(kept), file=sys.stderr, flush=True)
+
+
 def import_tfds():
-  """Imports tfds with TensorFlow kept off every GPU, so it never takes memory from JAX."""
+  """Imports tfds with TensorFlow kept off every GPU, so it never takes memory from JAX, and
+  without its C++ start-up notices."""
   # Lazily, here alone: TensorFlow takes seconds to import and must be kept off the GPUs first;
   # runs on synthetic data or cached features never import it.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  try:
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
-  except ImportError:
-    pass  # reading prepared data works without TensorFlow for some formats
-  except RuntimeError:
-    pass  # TF already initialised its devices in this process; nothing left to hide
-  import tensorflow_datasets as tfds
+  with _without_startup_noise():
+    try:
+      import tensorflow as tf
+      tf.config.set_visible_devices([], "GPU")
+    except ImportError:
+      pass  # reading prepared data works without TensorFlow for some formats
+    except RuntimeError:
+      pass  # TF already initialised its devices in this process; nothing left to hide
+    import tensorflow_datasets as tfds
   return tfds
 
 

@@ -16,9 +16,11 @@ intact.
 
 import contextlib
 import errno
+import logging as logging_std
 import math
 import os
 import re
+import sys
 from typing import Self
 
 import jax
@@ -85,6 +87,7 @@ class RunCheckpoints:
           get_metric_fn=_selection_metric, n=1, keep_checkpoints_without_metrics=False))
     self.directory = storage.absolute(directory)
     self._closed = False
+    _drop_late_write_callbacks()
     # best_fn as well as the policy: orbax writes a checkpoint's metrics to disk only when
     # best_fn is set, and without them a reopened manager (a resumed run) forgets which
     # checkpoint was best and deletes it at the next save.
@@ -215,6 +218,37 @@ class RunCheckpoints:
       raise UserError(f"cannot write {what} to {self.directory} ({os.strerror(code)}, "
                       f"{errno.errorcode.get(code, code)}): free space there or choose another "
                       "--workdir; the checkpoints written before are intact") from e
+
+
+def _drop_late_write_callbacks() -> None:
+  """When a write fails, the other writes of that save still finish in tensorstore's threads and
+  call back into orbax's event loop, which the failure closed at once (often before the error
+  reaches tlflax): each callback would print "Exception ignored ... RuntimeError: Event loop is
+  closed" beside the one-line error. Installed with the first checkpoint manager, this drops
+  that exact message and no other; the writes it concerns have already failed, nothing is left
+  to await."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_late_write_callbacks", False):
+    return
+
+  def hook(unraisable) -> None:
+    late = (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed")
+    if not late:
+      previous(unraisable)
+
+  hook.drops_late_write_callbacks = True
+  sys.unraisablehook = hook
+  logging_std.getLogger("asyncio").addFilter(_FailedWriteFutures())
+
+
+class _FailedWriteFutures(logging_std.Filter):
+  """asyncio's "... exception was never retrieved" for those same writes (tensorstore's I/O
+  errors carry `os_error_code`): already reported, in one line."""
+
+  def filter(self, record) -> bool:
+    text = record.getMessage()
+    return not ("exception was never retrieved" in text and "os_error_code" in text)
 
 
 def steps_in(directory: str) -> list[int]:

@@ -102,7 +102,8 @@ def evaluate(model_path: str, config, workdir: str, placement=None) -> str:
             "count": figures["test_count"], "loss": figures["test_loss"],
             "accuracy": figures["test_accuracy"], "top5": figures["test_top5"],
             **per_class(np.asarray(confusion, np.int64), names)}
-  out = os.path.join(workdir, "evaluate", _name(model_path, phase))
+  out = os.path.join(workdir, "evaluate", _name(model_path, phase, info.get("checkpoint"),
+                                                config.evaluate.checkpoint))
   if parallel.is_main_process():
     write(out, result)
   parallel.sync(f"evaluated {out}")
@@ -126,12 +127,16 @@ def per_class(confusion: np.ndarray, names: list[str]) -> dict:
   return {"per_class": rows, "macro": macro, "confusion": confusion.tolist()}
 
 
-def _name(model_path: str, phase) -> str:
-  """The output folder's name: the run (seed_N folders with their experiment, checkpoints with
-  their step), the dataset and the split."""
+def _name(model_path: str, phase, checkpoint_name: str | None = None,
+          which: str = "latest") -> str:
+  """The output folder's name: the run (seed_N folders with their experiment), the checkpoint
+  evaluated (`which` of a run folder, 'latest' or 'best', with its step; a named checkpoint's
+  step), the dataset and the split, so no evaluation of another checkpoint overwrites it."""
   parts = os.path.normpath(model_path.replace("hf://", "")).split(os.sep)
   if parts[-1].isdigit() and len(parts) > 2 and parts[-2] == "checkpoints":
     parts = parts[:-2] + [f"{parts[-3]}_step{parts[-1]}"]
+  elif checkpoint_name and os.path.basename(checkpoint_name).isdigit():
+    parts[-1] += f"_{which}_step{os.path.basename(checkpoint_name)}"
   base = "_".join(parts[-2:]) if parts[-1].startswith("seed_") else parts[-1] or "model"
   text = f"{base}_{phase.dataset}_{phase.test_split}"
   return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
