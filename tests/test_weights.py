@@ -9,6 +9,9 @@ with -inf, v1.5 Bottlenecks), run on a random state dict in torchvision's key la
 import json
 import os
 import pathlib
+import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -250,7 +253,7 @@ def test_bad_weight_files_are_one_line_and_write_nothing(imagenet_file, tmp_path
   missing = tmp_path / "missing.safetensors"
   safetensors_numpy.save_file({k: v for k, v in sd.items() if k != "layer3.1.bn2.running_var"},
                               str(missing))
-  cases["missing"] = (missing, "missing [batch_stats/stage3_block2/bn2/var]")
+  cases["missing"] = (missing, "lacks layer3.1.bn2.running_var ((32,)) of resnet18_imagenet")
   pickle = tmp_path / "model.pth"
   pickle.write_bytes(b"not read")
   cases["pickle"] = (pickle, "is a pickle, and loading one runs whatever code it holds: convert")
@@ -369,3 +372,50 @@ def test_pytorch_gives_tlflax_logits_both_ways(tmp_path, name):
   with torch.no_grad():
     again = back(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
   np.testing.assert_array_equal(again, want)
+
+
+def test_right_keys_with_wrong_shapes_are_refused_before_anything_is_built(tmp_path):
+  """Every array's shape is checked against the architecture its keys name: a 1x1 kernel where
+  the model has 3x3, a wide_resnet50_2 (bottlenecks twice as wide, resnet50's keys), a layer of
+  another width; a DataParallel state dict is refused with its fix. A head of another number of
+  classes is legitimate."""
+  base = random_state("resnet18_imagenet", classes=1000)
+  wide = random_state("resnet50_imagenet", classes=1000)
+  for key in [k for k in wide if re.match(r"layer\d\.\d\.(conv[12]|bn[12])\.", k)]:
+    v = wide[key]
+    inner = key.split(".")[2]
+    if v.ndim == 4:  # the inner convolutions: outputs doubled, and conv2's inputs too
+      shape = (2 * v.shape[0], v.shape[1] * (2 if inner == "conv2" else 1)) + v.shape[2:]
+      wide[key] = np.zeros(shape, np.float32)
+    elif v.ndim == 1:
+      wide[key] = np.ones(2 * v.shape[0], np.float32)
+  cases = {
+      "kernel": ({**base, "layer2.0.conv1.weight": np.zeros((16, 8, 1, 1), np.float32)},
+                 "layer2.0.conv1.weight has shape (16, 8, 1, 1), but resnet18_imagenet of width "
+                 "8 has (16, 8, 3, 3)"),
+      "wide": (wide, "layer1.0.conv1.weight has shape (16, 8, 1, 1), but resnet50_imagenet of "
+                     "width 8 has (8, 8, 1, 1)"),
+      "width": ({**base, "layer4.1.bn2.weight": np.ones(100, np.float32)},
+                "layer4.1.bn2.weight has shape (100,), but resnet18_imagenet of width 8 has (64,)"),
+      "dataparallel": ({f"module.{k}": v for k, v in base.items()},
+                       "saved from torch.nn.DataParallel (its keys start with 'module.')"),
+  }
+  for name, (state, expected) in cases.items():
+    file = tmp_path / f"{name}.safetensors"
+    safetensors_numpy.save_file(state, str(file))
+    with pytest.raises(UserError) as e:
+      tlflax.load(str(file))
+    assert expected in str(e.value) and "\n" not in str(e.value), (name, str(e.value))
+    if name != "dataparallel":
+      assert "tlflax imports torchvision / timm resnet18, resnet34" in str(e.value)
+  other_head = tmp_path / "head.safetensors"
+  safetensors_numpy.save_file(random_state("resnet18_imagenet", classes=37), str(other_head))
+  model, variables, info = tlflax.load(str(other_head))
+  assert info["num_classes"] == 37 and variables["params"]["head"]["kernel"].shape == (64, 37)
+  out = tmp_path / "out.safetensors"  # python -m tlflax.use.convert: exit 2, one line, no file
+  result = subprocess.run([sys.executable, "-m", "tlflax.use.convert", f"--in={tmp_path}/wide"
+                           ".safetensors", f"--out={out}"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300, check=False)
+  assert result.returncode == 2 and not out.exists(), result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [
+      next(x for x in result.stderr.splitlines() if x.startswith("tlflax.use.convert: error:"))]

@@ -15,9 +15,11 @@ with an ImageNet stem (7x7 `conv1`, then a max-pool) or tlflax's CIFAR stem (3x3
 import dataclasses
 import re
 
+import ml_collections
 import numpy as np
 
 from tlflax.errors import UserError
+from tlflax.models import resnet
 
 _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
        "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
@@ -27,6 +29,8 @@ _IMAGENET = {((2, 2, 2, 2), False): "resnet18_imagenet", ((3, 4, 6, 3), False): 
              ((3, 4, 6, 3), True): "resnet50_imagenet", ((3, 4, 23, 3), True): "resnet101_imagenet"}
 _CIFAR = {((1, 1, 1, 1), False): "resnet10", ((2, 2, 2, 2), False): "resnet18",
           ((3, 4, 6, 3), False): "resnet34"}
+SUPPORTED = ("torchvision / timm resnet18, resnet34, resnet50, resnet101 and tlflax's CIFAR "
+             "resnet10, resnet18, resnet34, any width and number of classes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,10 @@ class Architecture:
 def architecture(shapes: dict[str, tuple], source: str) -> Architecture:
   """The tlflax model a torchvision-layout state dict (`{key: shape}`) is, read from its keys and
   shapes; a ResNet tlflax has no model for is a `UserError`."""
+  if "module.conv1.weight" in shapes:
+    raise UserError(f"{source} was saved from torch.nn.DataParallel (its keys start with "
+                    "'module.'): save model.module.state_dict() instead, or strip the prefix "
+                    "({k.removeprefix('module.'): v for k, v in state.items()})")
   if "conv1.weight" not in shapes or "fc.weight" not in shapes:
     raise UserError(f"{source} is not a ResNet in torchvision / timm layout (no conv1.weight or "
                     "fc.weight): export it from torchvision or timm as a state dict")
@@ -57,7 +65,9 @@ def architecture(shapes: dict[str, tuple], source: str) -> Architecture:
     raise UserError(f"{source} holds a ResNet with {stem} stem, stages {tuple(stages)} and "
                     f"{'Bottleneck' if bottleneck else 'BasicBlock'}s, which tlflax has no model "
                     f"for: use ResNet-18, -34, -50 or -101 weights")
-  return Architecture(name, int(shapes["conv1.weight"][0]), int(shapes["fc.weight"][0]))
+  arch = Architecture(name, int(shapes["conv1.weight"][0]), int(shapes["fc.weight"][0]))
+  check_shapes(shapes, arch, source)
+  return arch
 
 
 def _target(key: str) -> tuple[str, tuple[str, ...], str] | None:
@@ -120,33 +130,85 @@ def to_state_dict(variables: dict) -> dict[str, np.ndarray]:
   """The torchvision-layout state dict of tlflax variables (with num_batches_tracked = 0, as
   PyTorch's BatchNorm expects to load)."""
   out = {}
+  for key, value, is_kernel, leaf in _torch_items(variables):
+    value = np.asarray(value, np.float32)
+    if is_kernel:
+      value = np.ascontiguousarray(value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1))
+    out[key] = value
+    if leaf == "scale":
+      out[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.zeros((), np.int64)
+  return out
 
-  def key_of(path: tuple[str, ...]) -> str:
-    if path == ("stem_conv",):
-      return "conv1"
-    if path == ("stem_bn",):
-      return "bn1"
-    if path == ("head",):
-      return "fc"
-    stage, block = re.fullmatch(r"stage(\d+)_block(\d+)", path[0]).groups()
-    part = {"proj_conv": "downsample.0", "proj_bn": "downsample.1"}.get(path[1], path[1])
-    return f"layer{stage}.{int(block) - 1}.{part}"
 
+def _torch_items(variables: dict):
+  """(torchvision key, value, is a kernel, tlflax leaf) of every variable of a tlflax tree."""
   names = {v: k for k, v in _BN.items()}
   for collection in ("params", "batch_stats"):
     for path, leaf, value in _leaves(variables.get(collection, {})):
-      value = np.asarray(value, np.float32)
-      module = key_of(path)
+      module = _module_key(path)
       if leaf == "kernel":
-        out[f"{module}.weight"] = np.ascontiguousarray(
-            value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1))
+        yield f"{module}.weight", value, True, leaf
       elif module == "fc":
-        out["fc.bias"] = value
+        yield "fc.bias", value, False, leaf
       else:
-        out[f"{module}.{names[(collection, leaf)]}"] = value
-        if leaf == "scale":
-          out[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
+        yield f"{module}.{names[(collection, leaf)]}", value, False, leaf
+
+
+def _module_key(path: tuple[str, ...]) -> str:
+  if path == ("stem_conv",):
+    return "conv1"
+  if path == ("stem_bn",):
+    return "bn1"
+  if path == ("head",):
+    return "fc"
+  stage, block = re.fullmatch(r"stage(\d+)_block(\d+)", path[0]).groups()
+  part = {"proj_conv": "downsample.0", "proj_bn": "downsample.1"}.get(path[1], path[1])
+  return f"layer{stage}.{int(block) - 1}.{part}"
+
+
+def expected_shapes(arch: Architecture) -> dict[str, tuple]:
+  """{torchvision key: shape} of the state dict of `arch` (no arrays are made)."""
+  shapes = resnet.variable_shapes(
+      ml_collections.ConfigDict({"name": arch.name, "width": arch.width, "dtype": "float32",
+                                 "conv": "xla", "padding": "torch"}), arch.num_classes,
+      (32, 32, 3))
+  out = {}
+  for key, value, is_kernel, _ in _torch_items(shapes):
+    shape = tuple(value.shape)
+    out[key] = (shape[::-1] if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1])
+                ) if is_kernel else shape
   return out
+
+
+_PARTS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample")
+_LEAVES = ("weight", "bias", "running_mean", "running_var")
+
+
+def _torch_order(key: str) -> tuple:
+  """Where `key` comes in a torchvision state dict: the stem, the blocks in order (each one's
+  convolutions and BatchNorms as it applies them), the head."""
+  parts = key.split(".")
+  leaf = _LEAVES.index(parts[-1]) if parts[-1] in _LEAVES else len(_LEAVES)
+  m = _BLOCK.match(key)
+  if m is None:
+    return (0 if parts[0] in ("conv1", "bn1") else 2, parts[0] != "conv1", 0, 0, 0, leaf)
+  stage, block, part = int(m.group(1)), int(m.group(2)), m.group(3)
+  return (1, stage, block, _PARTS.index(part.split(".")[0]), part, leaf)
+
+
+def check_shapes(shapes: dict[str, tuple], arch: Architecture, source: str) -> None:
+  """A `UserError` naming the first array of a state dict whose shape is not the one `arch`
+  has, or the first it lacks: nothing is built from weights of another shape."""
+  expected = expected_shapes(arch)
+  for key in sorted(expected, key=_torch_order):
+    want = expected[key]
+    if key not in shapes:
+      raise UserError(f"{source} lacks {key} ({want}) of {arch.name} width {arch.width}: it is "
+                      f"not a complete {arch.name} state dict; tlflax imports {SUPPORTED}")
+    if tuple(shapes[key]) != want:
+      raise UserError(f"{source}: {key} has shape {tuple(shapes[key])}, but {arch.name} of width "
+                      f"{arch.width} has {want}: these are weights of another architecture "
+                      f"(tlflax imports {SUPPORTED})")
 
 
 def _leaves(tree: dict, path: tuple = ()):

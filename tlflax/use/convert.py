@@ -17,7 +17,7 @@ model.maxpool = torch.nn.Identity()` (torchvision's ResNet classes have width 64
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from tlflax.config import cli
 from tlflax.errors import UserError
@@ -45,6 +45,7 @@ def export(source: str, out: str) -> dict:
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # quiet: jax's and orbax's INFO lines are not for users
   if len(argv) > 1:
     print(f"tlflax.use.convert: error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
     sys.exit(2)
