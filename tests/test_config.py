@@ -101,3 +101,20 @@ def test_the_imagenet_config_fine_tunes_a_resnet50_from_hub_weights():
                                                             "hf://timm/resnet50.tv_in1k")
   assert (config.target.image_size, config.target.learning_rate) == (128, 0.01)
   assert _load("imagenet_to_cifar100", "val").target.val_split == "train[90%:]"
+
+
+def test_an_arm_name_with_a_dot_is_one_line_naming_the_fix(tmp_path):
+  """ml_collections reads a '.' as nesting: an arm named 'lr-0.01' is refused where the config
+  file builds it, in one line, with a name that works."""
+  file = tmp_path / "sweep.py"
+  file.write_text("from tlflax import config as config_lib\n\n\ndef get_config():\n"
+                  "  c = config_lib.base_config()\n"
+                  "  c.arms = config_lib.arms_config({'lr-0.01': {}, 'full': {}})\n"
+                  "  return c\n")
+  with pytest.raises(UserError) as e:
+    cli.load(str(file))
+  assert "an arm named 'lr-0.01'" in str(e.value) and "'lr-001'" in str(e.value)
+  assert "\n" not in str(e.value)
+  result = run_cli(["--mode=config", f"--config={file}"], tmp_path)
+  assert result.returncode == 2 and result.stderr.count("tlflax: error:") == 1
+  assert "Traceback" not in result.stderr

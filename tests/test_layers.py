@@ -31,7 +31,7 @@ RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 # What an import inside a function may bring: optional extras and deliberately lazy heavy
 # packages (each with its reason in a comment), and, from the package's __init__ alone, the use
 # layer behind tlflax.load / tlflax.predict.
-LAZY = ("torch", "huggingface_hub", "safetensors", "wandb", "PIL", "tensorflow",
+LAZY = ("torch", "huggingface_hub", "wandb", "PIL", "tensorflow",
         "tensorflow_datasets", "matplotlib", "jax.experimental.jax2tf", "orbax.checkpoint",
         "etils")
 MAX_MODULE_LINES = 400

@@ -215,7 +215,7 @@ def test_a_transfer_run_from_the_hub_cache_offline(imagenet_file, tmp_path):
                      "--config.transfer.init_from=hf://tiny-org/not-cached"] + SHRINK,
                     tmp_path, env=env)
   assert missing.returncode == 2 and not (tmp_path / "w2").exists()
-  assert "cannot get model.safetensors of hf://tiny-org/not-cached" in missing.stderr
+  assert "cannot get model.safetensors of hf://tiny-org/not-cached (" in missing.stderr
 
 
 def test_load_a_run_and_export_it_back_to_torchvision_layout(file_run, tmp_path):
@@ -391,10 +391,10 @@ def test_right_keys_with_wrong_shapes_are_refused_before_anything_is_built(tmp_p
       wide[key] = np.ones(2 * v.shape[0], np.float32)
   cases = {
       "kernel": ({**base, "layer2.0.conv1.weight": np.zeros((16, 8, 1, 1), np.float32)},
-                 "layer2.0.conv1.weight has shape (16, 8, 1, 1), but resnet18_imagenet of width "
-                 "8 has (16, 8, 3, 3)"),
-      "wide": (wide, "layer1.0.conv1.weight has shape (16, 8, 1, 1), but resnet50_imagenet of "
-                     "width 8 has (8, 8, 1, 1)"),
+                 ("layer2.0.conv1.weight has shape (16, 8, 1, 1), but resnet18_imagenet of "
+                  "width 8 has (16, 8, 3, 3)")),
+      "wide": (wide, ("layer1.0.conv1.weight has shape (16, 8, 1, 1), but resnet50_imagenet "
+                      "of width 8 has (8, 8, 1, 1)")),
       "width": ({**base, "layer4.1.bn2.weight": np.ones(100, np.float32)},
                 "layer4.1.bn2.weight has shape (100,), but resnet18_imagenet of width 8 has (64,)"),
       "dataparallel": ({f"module.{k}": v for k, v in base.items()},
@@ -410,12 +410,62 @@ def test_right_keys_with_wrong_shapes_are_refused_before_anything_is_built(tmp_p
       assert "tlflax imports torchvision / timm resnet18, resnet34" in str(e.value)
   other_head = tmp_path / "head.safetensors"
   safetensors_numpy.save_file(random_state("resnet18_imagenet", classes=37), str(other_head))
-  model, variables, info = tlflax.load(str(other_head))
+  _, variables, info = tlflax.load(str(other_head))
   assert info["num_classes"] == 37 and variables["params"]["head"]["kernel"].shape == (64, 37)
   out = tmp_path / "out.safetensors"  # python -m tlflax.use.convert: exit 2, one line, no file
-  result = subprocess.run([sys.executable, "-m", "tlflax.use.convert", f"--in={tmp_path}/wide"
-                           ".safetensors", f"--out={out}"], capture_output=True, text=True,
+  result = subprocess.run([sys.executable, "-m", "tlflax.use.convert",
+                           f"--in={tmp_path / 'wide.safetensors'}", f"--out={out}"],
+                          capture_output=True, text=True,
                           cwd=tmp_path, timeout=300, check=False)
   assert result.returncode == 2 and not out.exists(), result.stderr[-2000:]
   assert result.stderr.strip().splitlines() == [
       next(x for x in result.stderr.splitlines() if x.startswith("tlflax.use.convert: error:"))]
+
+
+HUB_CHECK = """
+import json, sys
+from tlflax.errors import UserError
+import tlflax
+out = {}
+for name in sys.argv[1:]:
+  try:
+    model, variables, info = tlflax.load(name)
+    out[name] = {"image_size": info["image_size"], "mean": info["mean"], "source": info["source"]}
+  except UserError as e:
+    out[name] = {"error": str(e)}
+print(json.dumps(out))
+"""
+
+
+def test_hub_weights_use_the_repos_own_config_and_keep_their_revision(imagenet_file, tmp_path):
+  """hf://ORG/NAME[@REV] reads config.json of the same revision (timm's pretrained_cfg: mean,
+  std, input size, class count, architecture) and refuses one that contradicts the weights or is
+  not JSON, in one line; offline without a cache, the line names the command that fills it."""
+  rev = "0123456789abcdef0123456789abcdef01234567"
+  good = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": {
+      "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "input_size": [3, 160, 160]}}
+  env = {}
+  for repo, config in (("org/good", good), ("org/classes", {**good, "num_classes": 10}),
+                       ("org/arch", {**good, "architecture": "resnet50"}), ("org/broken", None)):
+    env = _hub_cache(tmp_path / "hf", repo, imagenet_file, config or {})
+    if config is None:
+      base = tmp_path / "hf" / "hub" / f"models--{repo.replace('/', '--')}"
+      (base / "snapshots" / rev / "config.json").write_text("{not json")
+  names = ["hf://org/good", f"hf://org/good@{rev}", "hf://org/classes", "hf://org/arch",
+           "hf://org/broken", "hf://org/absent@v2"]
+  result = subprocess.run([sys.executable, "-c", HUB_CHECK, *names], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  got = json.loads(result.stdout.strip().splitlines()[-1])
+  for name in names[:2]:
+    assert got[name] == {"image_size": 160, "mean": [0.5, 0.4, 0.3], "source": name}
+  assert "its config.json says 10 classes, its head has 1000" in got["hf://org/classes"]["error"]
+  assert "its config.json says 'resnet50', its weights are resnet18_imagenet" in \
+      got["hf://org/arch"]["error"]
+  assert "is not a valid config.json (invalid JSON" in got["hf://org/broken"]["error"]
+  absent = got["hf://org/absent@v2"]["error"]
+  assert absent.startswith("cannot get model.safetensors of hf://org/absent@v2 (")
+  assert absent.endswith("On a machine with network, `hf download org/absent model.safetensors "
+                         "config.json --revision v2` fills the cache, after which "
+                         "HF_HUB_OFFLINE=1 works; or pass the file's path")
+  assert all("\n" not in v.get("error", "") for v in got.values())

@@ -32,8 +32,10 @@ def load(path: str):
 
 
 def predict(model, images, batch_size: int = 64):
-  """(probabilities (N, C), class names) of uint8 (N, H, W, 3) RGB `images` under the model
-  `model` names (whatever `load` takes); images of another size are resized as training resizes
-  (see `tlflax.use.prediction`)."""
+  """(probabilities (N, C), class names) of `images` under the model `model` names (whatever
+  `load` takes). `images`: one (H, W, C) image or a batch (N, H, W, C), C = 3 (RGB), 4 (RGBA)
+  or 1 (grey), or grey (N, H, W); integers in 0..255 or floats in [0, 1]; any other input is a
+  ValueError naming its shape, dtype and range (`tlflax.use.prediction.as_images`). Images of
+  another size are resized as training resizes."""
   from tlflax.use import prediction  # lazily, as in `load`
   return prediction.predict(model, images, batch_size)

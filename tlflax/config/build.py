@@ -68,7 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 def arms_config(arms: dict) -> ml_collections.ConfigDict:
   """`config.arms` from {name: {transfer key: value}}: values may change type (a freeze policy
-  string or a tuple of regexes)."""
+  string or a tuple of regexes). An arm's name names its run folders: letters, digits and '-'
+  (a '.' would read as nesting in `--config.arms.NAME` overrides)."""
+  dotted = [name for name in arms if "." in str(name)]
+  if dotted:
+    raise UserError(f"config.arms has an arm named {dotted[0]!r}: a '.' in an arm's name reads "
+                    "as nesting in ml_collections; use letters, digits and '-' (e.g. "
+                    f"{dotted[0].replace('.', '')!r})")
   return ml_collections.ConfigDict(arms, type_safe=False)
 
 

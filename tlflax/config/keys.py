@@ -13,8 +13,8 @@ TOP = {
     "seeds": ((0,), "--mode=compare: the seeds, one run folder each (pretraining uses `seed`)"),
     "arms": ({"full": {}}, ("--mode=compare: transfer arms, {name: {transfer key: value, "
              "'target': {target key: value}}} overriding config.transfer and config.target (a "
-             "sweep: e.g. {'lr-0.01': {'target': {'learning_rate': 0.01}}}), one experiment "
-             "each; names of letters, digits, . and -")),
+             "sweep: e.g. {'lr-1e-2': {'target': {'learning_rate': 0.01}}}), one experiment "
+             "each; names of letters, digits and - (no '.': it reads as nesting)")),
     "label_budgets": ((), ("--mode=compare: examples per class of the target's training split, "
                       "one set of runs each (0: all), e.g. (5, 25, 100, 0); (): "
                       "target.examples_per_class alone")),

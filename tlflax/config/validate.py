@@ -84,7 +84,7 @@ def _validate_data(d) -> None:
   if d.prefetch < 1:
     raise UserError(f"config.data.prefetch must be >= 1, got {d.prefetch}")
 
-_ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+_ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
 
 def _validate_study(config) -> None:
@@ -94,7 +94,7 @@ def _validate_study(config) -> None:
     raise UserError("config.arms is empty: give at least one transfer arm, e.g. {'full': {}}")
   for arm in arm_names(config):
     if not _ARM_NAME.match(arm):
-      raise UserError(f"config.arms has an arm named {arm!r}: use letters, digits, '.' and '-' "
+      raise UserError(f"config.arms has an arm named {arm!r}: use letters, digits and '-' "
                       "(it names a run folder)")
     armed = with_arm(config, arm)
     _validate_transfer(armed, arm)

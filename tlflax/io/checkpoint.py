@@ -264,8 +264,9 @@ def steps_in(directory: str) -> list[int]:
   return sorted(int(d) for d in storage.listdir(directory) if d.isdigit() and finished(d))
 
 
-def locate(path: str) -> tuple[str, int]:
-  """(checkpoint folder, step) for a run folder, a checkpoints folder or one step's folder."""
+def locate(path: str, what: str = "config.transfer.init_from") -> tuple[str, int]:
+  """(checkpoint folder, step) for a run folder, a checkpoints folder or one step's folder;
+  `what` is the flag or key the user named `path` with, for the error."""
   path = storage.absolute(path)
   candidates = [(storage.join(path, "checkpoints"), None), (path, None)]
   if os.path.basename(path).isdigit():
@@ -276,22 +277,24 @@ def locate(path: str) -> tuple[str, int]:
       return directory, steps[-1]
     if step is not None and step in steps:
       return directory, step
-  raise UserError(f"{path} holds no tlflax checkpoint: point config.transfer.init_from at a "
-                  "run folder (with checkpoints/) or at one checkpoint folder")
+  raise UserError(f"{path} holds no tlflax checkpoint: point {what} at a run folder (with "
+                  "checkpoints/), one of its checkpoint folders, a .safetensors file or "
+                  "hf://ORG/NAME")
 
 
-def restore_variables(path: str, sharding: jax.sharding.Sharding | None = None
-                      ) -> tuple[dict, str]:
+def restore_variables(path: str, sharding: jax.sharding.Sharding | None = None,
+                      what: str = "config.transfer.init_from") -> tuple[dict, str]:
   """params and batch_stats of the checkpoint `path` points at (see `locate`), and its name,
-  placed by `sharding` (e.g. replicated over today's mesh; default: the first local device)."""
-  directory, step = locate(path)
+  placed by `sharding` (e.g. replicated over today's mesh; default: the first local device);
+  `what` names the flag or key `path` came from, in errors."""
+  directory, step = locate(path, what)
   mngr = _manager(directory)
   try:
     try:
       meta = mngr.item_metadata(step)
     except Exception as e:  # unreadable metadata: not a usable checkpoint
       raise UserError(f"cannot read checkpoint {directory}/{step} ({type(e).__name__}): point "
-                      "config.transfer.init_from at another checkpoint") from e
+                      f"{what} at another checkpoint") from e
     device = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     args = {}
     for item in ("params", "batch_stats"):
@@ -306,7 +309,7 @@ def restore_variables(path: str, sharding: jax.sharding.Sharding | None = None
     except Exception as e:  # truncated or corrupt array files
       first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
       raise UserError(f"cannot read checkpoint {directory}/{step} ({type(e).__name__}: {first}): "
-                      "point config.transfer.init_from at another checkpoint") from e
+                      f"point {what} at another checkpoint") from e
   finally:
     mngr.close()
   return {"params": out["params"], "batch_stats": out["batch_stats"]}, f"{directory}/{step}"

@@ -200,6 +200,11 @@ def check_shapes(shapes: dict[str, tuple], arch: Architecture, source: str) -> N
   """A `UserError` naming the first array of a state dict whose shape is not the one `arch`
   has, or the first it lacks: nothing is built from weights of another shape."""
   expected = expected_shapes(arch)
+  extra = sorted(k for k in shapes if k not in expected and not k.endswith("num_batches_tracked"))
+  if extra:
+    more = f" (+{len(extra) - 6} more)" if len(extra) > 6 else ""
+    raise UserError(f"{source} has keys that map to no tlflax parameter: "
+                    f"{', '.join(extra[:6])}{more}: tlflax imports {SUPPORTED}")
   for key in sorted(expected, key=_torch_order):
     want = expected[key]
     if key not in shapes:

@@ -17,6 +17,9 @@ import hashlib
 import json
 import os
 
+import safetensors.numpy
+from safetensors import safe_open
+
 from tlflax.errors import UserError
 from tlflax.models import torch_layout
 
@@ -47,38 +50,60 @@ class Weights:
   metadata: dict
 
 
-def local_file(path: str) -> str:
+def local_file(path: str, what: str = "config.transfer.init_from") -> str:
   """The local safetensors file `path` names: itself, or a hub model's `model.safetensors`
-  (downloaded, or from the cache when offline). Pickles and missing files are `UserError`s."""
+  (downloaded, or from the cache when offline). Pickles and missing files are `UserError`s that
+  name `what`, the flag or key `path` came from."""
   if path.endswith(PICKLES):
     raise UserError(
         f"{path} is a pickle, and loading one runs whatever code it holds: convert it once with "
         "PyTorch, `import torch, safetensors.torch; safetensors.torch.save_file(torch.load("
         f"'{path}', map_location='cpu', weights_only=True), 'model.safetensors')`, and point "
-        "init_from at model.safetensors")
+        f"{what} at model.safetensors")
   if path.startswith(HUB_PREFIX):
     return _hub_file(path[len(HUB_PREFIX):])
   file = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(file):
-    raise UserError(f"weights file {path} does not exist: pass an existing .safetensors file or "
-                    "hf://ORG/NAME")
+    raise UserError(f"weights file {path} does not exist: point {what} at an existing "
+                    ".safetensors file or hf://ORG/NAME")
   return file
 
 
-def _hub_file(repo: str) -> str:
-  repo, _, revision = repo.partition("@")
+def _hub_file(spec: str) -> str:
+  """The local `model.safetensors` of hf://ORG/NAME[@REVISION], with the repo's `config.json`
+  (its preprocessing) fetched beside it from the same revision."""
   try:
     import huggingface_hub  # the optional extra tlflax[hub]
   except ImportError as e:
-    raise UserError(f"hf://{repo} needs huggingface_hub: pip install 'tlflax[hub]'") from e
+    raise UserError(f"hf://{spec} needs huggingface_hub: pip install 'tlflax[hub]'") from e
+  file = _hub_download(huggingface_hub, spec, "model.safetensors")
   try:
-    return huggingface_hub.hf_hub_download(repo, "model.safetensors", revision=revision or None)
-  except Exception as e:  # offline and not cached, unknown repo, no safetensors file
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    raise UserError(f"cannot get model.safetensors of hf://{repo} ({type(e).__name__}: {reason}):"
-                    f" on a machine with network, `huggingface-cli download {repo} "
-                    "model.safetensors` fills the cache (then HF_HUB_OFFLINE=1 works), or pass "
-                    "the file's path") from e
+    _hub_download(huggingface_hub, spec, "config.json")
+  except _NoSuchFile:
+    pass  # a repo without config.json: the file's own metadata, else ImageNet's statistics
+  return file
+
+
+class _NoSuchFile(Exception):
+  pass
+
+
+def _hub_download(huggingface_hub, spec: str, name: str) -> str:
+  repo, _, revision = spec.partition("@")
+  try:
+    return huggingface_hub.hf_hub_download(repo, name, revision=revision or None)
+  except huggingface_hub.errors.EntryNotFoundError as e:  # the repo answered: no such file
+    if name == "config.json" and not isinstance(e, huggingface_hub.errors.LocalEntryNotFoundError):
+      raise _NoSuchFile(name) from e
+    error = e
+  except Exception as e:  # noqa: BLE001 -- offline and not cached, unknown repo or revision
+    error = e
+  first = str(error).strip().split("\n")[0].split(". ")[0].rstrip(".") or "no details"
+  rev = f" --revision {revision}" if revision else ""
+  raise UserError(f"cannot get {name} of hf://{spec} ({type(error).__name__}: {first}). On a "
+                  f"machine with network, `hf download {repo} model.safetensors config.json{rev}` "
+                  "fills the cache, after which HF_HUB_OFFLINE=1 works; or pass the file's "
+                  "path") from error
 
 
 def sha256(file: str) -> str:
@@ -90,10 +115,6 @@ def sha256(file: str) -> str:
 
 
 def _open(file: str, source: str):
-  try:
-    from safetensors import safe_open  # the optional extra tlflax[weights]
-  except ImportError as e:
-    raise UserError(f"{source} needs safetensors: pip install 'tlflax[weights]'") from e
   try:
     return safe_open(file, "numpy")
   except Exception as e:  # truncated, or not a safetensors file
@@ -107,12 +128,16 @@ def inspect(path: str) -> tuple[torch_layout.Architecture, str, str]:
   file = local_file(path)
   with _open(file, path) as f:
     shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - a safe_open handle, not a dict
-  return torch_layout.architecture(shapes, path), file, sha256(file)
+    _check_dtypes({k: f.get_slice(k).get_dtype() for k in shapes}, path)
+  arch = torch_layout.architecture(shapes, path)
+  check_config(arch, file, path)
+  return arch, file, sha256(file)
 
 
-def read(path: str) -> Weights:
-  """The weights `path` names (a safetensors file or hf://ORG/NAME), read."""
-  file = local_file(path)
+def read(path: str, what: str = "config.transfer.init_from") -> Weights:
+  """The weights `path` names (a safetensors file or hf://ORG/NAME), read (`what`: the flag or
+  key the user named it with, for errors)."""
+  file = local_file(path, what)
   with _open(file, path) as f:
     metadata = dict(f.metadata() or {})
     try:
@@ -120,9 +145,25 @@ def read(path: str) -> Weights:
     except Exception as e:  # the header is fine, the data is cut short
       raise UserError(f"cannot read the arrays of {path} ({type(e).__name__}): the file is "
                       "damaged; download or export it again") from e
+  _check_dtypes({k: str(v.dtype) for k, v in state.items()}, path)
   arch = torch_layout.architecture({k: v.shape for k, v in state.items()}, path)
+  check_config(arch, file, path)
   mean, std = _statistics(metadata, file)
   return Weights(state, arch, mean, std, file, sha256(file), metadata)
+
+
+_FLOATS = ("F16", "BF16", "F32", "F64", "float16", "bfloat16", "float32", "float64")
+
+
+def _check_dtypes(dtypes: dict[str, str], source: str) -> None:
+  """A `UserError` naming the first array (other than a BatchNorm's step count) that does not
+  hold floating-point values: safetensors' header names ('F32', 'I32') or numpy's ('int32')."""
+  for key, dtype in dtypes.items():
+    if not key.endswith("num_batches_tracked") and dtype not in _FLOATS:
+      name = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8",
+              "BOOL": "bool"}.get(dtype, dtype)
+      raise UserError(f"{source}: {key} holds {name} values, not floating point: these are not "
+                      "trained weights (export the model's state_dict() again)")
 
 
 def statistics(path: str) -> tuple[tuple, tuple]:
@@ -134,17 +175,76 @@ def statistics(path: str) -> tuple[tuple, tuple]:
 
 
 def _statistics(metadata: dict, file: str) -> tuple[tuple, tuple]:
-  """The input mean and std: the file's metadata, a hub model's config.json beside it, else
-  ImageNet's."""
+  """The input mean and std: the file's metadata, a hub model's config.json beside it (timm's
+  `pretrained_cfg`), else ImageNet's."""
   if "mean" in metadata and "std" in metadata:
     return tuple(json.loads(metadata["mean"])), tuple(json.loads(metadata["std"]))
-  config = os.path.join(os.path.dirname(file), "config.json")
-  if os.path.exists(config):
-    with open(config) as f:
-      cfg = json.load(f).get("pretrained_cfg", {})
-    if "mean" in cfg and "std" in cfg:
-      return tuple(cfg["mean"]), tuple(cfg["std"])
+  cfg = pretrained_cfg(file)
+  if "mean" in cfg and "std" in cfg:
+    return tuple(cfg["mean"]), tuple(cfg["std"])
   return IMAGENET_MEAN, IMAGENET_STD
+
+
+def hub_config(file: str) -> dict:
+  """The config.json beside a weights file (a hub snapshot's), {} when there is none; a file
+  that is not a JSON object is a `UserError`."""
+  path = os.path.join(os.path.dirname(file), "config.json")
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except ValueError as e:
+    config = f"invalid JSON, {str(e).splitlines()[0]}"
+  if not isinstance(config, dict):
+    reason = config if isinstance(config, str) else "not a JSON object"
+    raise UserError(f"{path} is not a valid config.json ({reason}): download it again, or remove "
+                    "it to use the weights' own metadata")
+  return config
+
+
+def pretrained_cfg(file: str) -> dict:
+  """timm's `pretrained_cfg` of the config.json beside `file` (the top level's keys for a
+  config without one)."""
+  config = hub_config(file)
+  return config.get("pretrained_cfg") or config
+
+
+def check_config(arch: torch_layout.Architecture, file: str, source: str) -> None:
+  """A `UserError` when the config.json beside the weights contradicts them: another
+  architecture or class count, a mean or std that is not three numbers, a non-square input."""
+  config = hub_config(file)
+  if not config:
+    return
+  cfg = pretrained_cfg(file)
+  name = str(config.get("architecture", "")).split(".")[0]
+  if name and f"{name}_imagenet" != arch.name and name != arch.name:
+    raise UserError(f"{source}: its config.json says {name!r}, its weights are {arch.name}: "
+                    "the repo's files disagree; use a repo whose weights match its config")
+  classes = cfg.get("num_classes", config.get("num_classes"))
+  if classes is not None and int(classes) != arch.num_classes:
+    raise UserError(f"{source}: its config.json says {classes} classes, its head has "
+                    f"{arch.num_classes}: use a repo whose weights match its config")
+  for key in ("mean", "std"):
+    value = cfg.get(key)
+    if value is not None and (not isinstance(value, list) or len(value) != 3
+                              or not all(isinstance(v, (int, float)) for v in value)):
+      raise UserError(f"{source}: its config.json's {key} is {value!r}, not three numbers")
+  size = cfg.get("input_size")
+  if size is not None and (len(size) != 3 or size[1] != size[2]):
+    raise UserError(f"{source}: its config.json's input_size {size} is not (3, S, S): tlflax "
+                    "feeds square images")
+
+
+def image_size(arch: torch_layout.Architecture, metadata: dict, file: str) -> int:
+  """The input side the weights expect: their metadata (tlflax's export), the hub config's
+  input_size, else 224 for ImageNet models and 32 for CIFAR ones."""
+  if "image_size" in metadata:
+    return int(metadata["image_size"])
+  size = pretrained_cfg(file).get("input_size")
+  if size:
+    return int(size[-1])
+  return 224 if arch.name.endswith("_imagenet") else 32
 
 
 def variables(weights: Weights) -> dict:
@@ -163,6 +263,6 @@ def check_model(arch: torch_layout.Architecture, model_cfg, source: str) -> None
 def save(variables_: dict, file: str, metadata: dict) -> None:
   """Writes tlflax variables as a torchvision-layout safetensors file with `metadata` (strings
   or JSON-able values)."""
-  from safetensors.numpy import save_file  # tlflax[weights], as in _open
   text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-  save_file(torch_layout.to_state_dict(variables_), file, metadata={"format": "pt", **text})
+  safetensors.numpy.save_file(torch_layout.to_state_dict(variables_), file,
+                              metadata={"format": "pt", **text})

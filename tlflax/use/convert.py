@@ -14,7 +14,9 @@ stem is made the same: `model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False
 model.maxpool = torch.nn.Identity()` (torchvision's ResNet classes have width 64).
 """
 
+import os
 import sys
+import tempfile
 
 import jax
 from absl import app, flags, logging
@@ -30,17 +32,51 @@ flags.DEFINE_string("in", None, "A run folder, a checkpoint, a safetensors file 
 flags.DEFINE_string("out", None, "The safetensors file to write.")
 
 
-def export(source: str, out: str) -> dict:
-  """Writes the model `source` names to `out` (torchvision layout); returns its info."""
+def check_out(out: str) -> None:
+  """A `UserError` for an --out that could not receive the file, before any work."""
+  if not out.endswith(weights.SUFFIX):
+    stem = os.path.splitext(os.path.basename(out))[0] or "model"
+    raise UserError(f"--out={out}: convert writes safetensors, not another format (a .pth is "
+                    f"read as a pickle): name the file {stem}{weights.SUFFIX}")
+  folder = os.path.dirname(os.path.abspath(out))
+  if os.path.isdir(out):
+    raise UserError(f"--out={out} is a folder: name a file in it, e.g. "
+                    f"--out={os.path.join(out, 'model' + weights.SUFFIX)}")
+  if not os.path.isdir(folder):
+    raise UserError(f"--out={out}: the folder {folder} does not exist: create it first")
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise UserError(f"--out={out}: the folder {folder} cannot be written: choose a folder you "
+                    "can write to")
 
-  model, variables, info = loader.load(source)
+
+def export(source: str, out: str) -> dict:
+  """Writes the model `source` names to `out` (torchvision layout); returns its info. The file
+  is written beside `out` and renamed into place, with the permissions of a new file under the
+  umask: a failure leaves no partial file."""
+  check_out(out)
+  model, variables, info = loader.load(source, "--in")
   if model.padding != "torch":
     raise UserError(f"{source} was trained with model.padding='same', whose stride-2 "
                     "convolutions pad differently from PyTorch's: its weights would not give "
                     "the same outputs there; retrain it with model.padding='torch' to export it")
   meta = {k: info[k] for k in ("model", "width", "num_classes", "image_size", "mean", "std",
                                "class_names", "source")}
-  weights.save(jax.device_get(variables), out, meta)
+  part = None
+  try:
+    fd, part = tempfile.mkstemp(prefix=".convert-", suffix=".part",
+                                dir=os.path.dirname(os.path.abspath(out)))
+    os.close(fd)
+    weights.save(jax.device_get(variables), part, meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(part, 0o666 & ~umask)
+    os.replace(part, out)
+  except OSError as e:  # a read-only or full file system: nothing is left behind
+    raise UserError(f"--out={out} cannot be written ({e.strerror or type(e).__name__}): choose a "
+                    "folder you can write to, with free space") from e
+  finally:
+    if part and os.path.exists(part):
+      os.remove(part)
   return info
 
 

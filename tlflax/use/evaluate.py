@@ -70,7 +70,7 @@ def evaluate(model_path: str, config, workdir: str, placement=None) -> str:
   outputs."""
   placement = placement or parallel.Placement.create(config.parallel)
   path = loader.checkpoint_path(model_path, config.evaluate.checkpoint)
-  model, variables, info = loader.load(path)
+  model, variables, info = loader.load(path, "--model")
   phase = phase_of(info, config.evaluate, model_path)
   data_dir = (info["config"] or {}).get("data_dir") or config.data_dir
   with within("config.evaluate.split", only=SplitError):

@@ -101,7 +101,7 @@ def export_saved_model(model, variables, info: dict, out: str) -> str:
 
 def run(model_path: str, workdir: str) -> str:
   """`--mode=export`: both forms of the model `model_path` names; returns DIR/export."""
-  model, variables, info = loader.load(model_path)
+  model, variables, info = loader.load(model_path, "--model")
   out = os.path.join(workdir, "export")
   if parallel.is_main_process():
     export_jax(model, variables, info, os.path.join(out, "jax"))

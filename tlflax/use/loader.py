@@ -20,21 +20,21 @@ from tlflax.io import checkpoint, rundir, storage
 from tlflax.models import resnet, weights
 
 
-def load(path: str):
+def load(path: str, what: str = "tlflax.load"):
   """(model, variables, info) of the weights `path` names (see the module docstring). `info`:
   model name and width, num_classes, image_size, mean, std, class_names, and where the weights
-  came from."""
+  came from. `what` names where `path` came from (a flag, e.g. '--model') in errors."""
   if weights.is_weights(path):
-    return _from_weights(path)
-  return _from_run(path)
+    return _from_weights(path, what)
+  return _from_run(path, what)
 
 
-def _from_weights(path: str):
-  w = weights.read(path)
+def _from_weights(path: str, what: str):
+  w = weights.read(path, what)
   arch, meta = w.arch, w.metadata
   model = resnet.create_model(arch.name, arch.num_classes, arch.width)
   variables = jax.tree.map(jnp.asarray, weights.variables(w))
-  image_size = int(meta.get("image_size", 224 if arch.name.endswith("_imagenet") else 32))
+  image_size = weights.image_size(arch, meta, w.file)
   info = {"model": arch.name, "width": arch.width, "num_classes": arch.num_classes,
           "image_size": image_size, "mean": list(w.mean), "std": list(w.std),
           "class_names": json.loads(meta.get("class_names", "[]")), "source": path,
@@ -42,14 +42,14 @@ def _from_weights(path: str):
   return model, variables, info
 
 
-def _from_run(path: str):
-  directory, _ = checkpoint.locate(path)
+def _from_run(path: str, what: str):
+  directory, _ = checkpoint.locate(path, what)
   run_dir = os.path.dirname(directory)
   config = rundir.read_json(os.path.join(run_dir, "config.json"))
   if config is None:
     raise UserError(f"{path} is a checkpoint outside a tlflax run folder (no config.json beside "
                     "its checkpoints/): pass the run folder or one of its checkpoints")
-  restored, name = checkpoint.restore_variables(path)
+  restored, name = checkpoint.restore_variables(path, what=what)
   num_classes = int(restored["params"]["head"]["kernel"].shape[-1])
   m = config["model"]
   model = resnet.create_model(m["name"], num_classes, m["width"], m["dtype"], m["conv"],

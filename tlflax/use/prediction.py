@@ -6,16 +6,20 @@ through the model on every device, `predict.batch_size` at a time. `--input` is 
 .jpg/.jpeg/.png under it), a glob (`'photos/*.jpg'`, quoted), a comma-separated list of files, or
 one file. A file that does not decode is a line with its error, not a crash.
 
-Writes DIR/predict/predictions.csv (file, error, then the top `predict.top_k` class names and
-probabilities) and DIR/predict/predictions.jsonl (the same, one JSON object a file).
+Writes DIR/predict/<model>_<inputs>-<digest>/ (`output_name`: one folder per model and input
+set, so a second prediction never erases the first): predictions.csv (file, error, then the top
+`predict.top_k` class names and probabilities) and predictions.jsonl (the same, one JSON object
+a file). When no file decodes it is a one-line error and nothing is written.
 """
 
 import csv
 import functools
 import glob
+import hashlib
 import io
 import json
 import os
+import re
 import sys
 
 import jax
@@ -102,11 +106,47 @@ def _probabilities(variables, images, *, serve, axis_name=None):
   return steps.sum_over(whole, axis_name)
 
 
+def as_images(images) -> np.ndarray:
+  """`tlflax.predict`'s input as uint8 (N, H, W, 3) RGB, or a ValueError naming shape, dtype
+  and range. Accepted: one image (H, W, C) or a batch (N, H, W, C) with C = 3 (RGB), 4 (RGBA:
+  the alpha is dropped, as the CLI's decoder does) or 1 (grey: repeated to RGB, likewise), or
+  grey without a channel axis, (N, H, W) (a single grey image is (1, H, W) or (H, W, 1));
+  values as integers in 0..255 (any integer type) or as floats in [0, 1] (scaled to 0..255 and
+  rounded). Anything else is refused, never reinterpreted."""
+  a = np.asarray(images)
+  what = f"images of shape {a.shape} and dtype {a.dtype}"
+  if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
+    a = a[None]  # one (H, W, C) image
+  elif a.ndim == 3:
+    a = a[..., None]  # (N, H, W) grey
+  if a.ndim != 4 or a.shape[-1] not in (1, 3, 4) or min(a.shape[:3], default=0) == 0:
+    raise ValueError(f"tlflax.predict takes (H, W, C) or (N, H, W, C) images with C = 1, 3 or 4, "
+                     f"or (N, H, W) grey ones; got {what}")
+  if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer)
+                                 or np.issubdtype(a.dtype, np.floating)):
+    raise ValueError(f"tlflax.predict takes integer (0..255) or float ([0, 1]) pixels; got {what}")
+  low, high = (a.min(), a.max()) if np.issubdtype(a.dtype, np.integer) else (
+      np.nanmin(a), np.nanmax(a))
+  if np.issubdtype(a.dtype, np.floating):
+    if not np.isfinite(a).all() or low < 0 or high > 1:
+      raise ValueError(f"tlflax.predict takes float pixels in [0, 1]; got {what} in "
+                       f"[{low}, {high}]: divide 0..255 values by 255, or pass them as uint8")
+    a = np.rint(a * 255.0)
+  elif low < 0 or high > 255:
+    raise ValueError(f"tlflax.predict takes integer pixels in 0..255; got {what} in "
+                     f"[{low}, {high}]: scale them to 0..255 first (e.g. 16-bit: // 257)")
+  a = a.astype(np.uint8)
+  if a.shape[-1] == 1:
+    a = np.repeat(a, 3, axis=-1)
+  return np.ascontiguousarray(a[..., :3])
+
+
 def predict(model_or_path, images, batch_size: int = 64):
-  """(probabilities (N, C), class names) of uint8 (N, H, W, 3) `images` (any H, W: resized as
-  training resizes) under the model `model_or_path` names (whatever `tlflax.load` takes)."""
-  model, variables, info = loader.load(model_or_path)
-  images = np.asarray(images)
+  """(probabilities (N, C), class names) of `images` (see `as_images`: uint8 or [0, 1] floats,
+  one image or a batch, RGB, RGBA or grey, any H, W: resized as training resizes) under the model
+  `model_or_path` names (whatever `tlflax.load` takes)."""
+  images = as_images(images)
+  model, variables, info = loader.load(model_or_path, "tlflax.predict")
   size = info["image_size"]
   if images.shape[1:3] != (size, size):
     fit = sources.image_fitter(size, _resize(info))
@@ -122,8 +162,11 @@ def _resize(info: dict) -> str:
 def run(model_path: str, input_spec: str, config, workdir: str, placement=None) -> str:
   """`--mode=predict`: predictions for every file of `input_spec`; returns the output folder."""
   files = input_files(input_spec)
-  model, variables, info = loader.load(model_path)
+  model, variables, info = loader.load(model_path, "--model")
   images, errors = decode(files, info["image_size"], _resize(info))
+  if all(errors):
+    raise UserError(f"none of the {len(files)} file(s) of --input={input_spec} decodes as an image "
+                    f"({files[0]}: {errors[0]}): pass JPEG, PNG, GIF or BMP files")
   predictor = Predictor(model, variables, info, config.predict.batch_size, placement)
   names, k = loader.class_names(info), min(config.predict.top_k, info["num_classes"])
   probs = []
@@ -132,11 +175,26 @@ def run(model_path: str, input_spec: str, config, workdir: str, placement=None) 
       probs.append(predictor(images[start:start + predictor.batch]))
       bar.update(len(probs[-1]))
   probs = np.concatenate(probs)
-  out = os.path.join(workdir, "predict")
+  out = os.path.join(workdir, "predict", output_name(model_path, input_spec, files))
   if parallel.is_main_process():
     _write(out, files, errors, probs, names, k)
   parallel.sync("predicted")
   return out
+
+
+def output_name(model_path: str, input_spec: str, files: list[str]) -> str:
+  """The folder of one prediction: the model (a study's seed folder with its experiment, a
+  checkpoint with its step), the input set's name and a digest of its files, so predicting
+  other files, or with another model, never overwrites an earlier prediction."""
+  parts = os.path.normpath(model_path.replace("hf://", "")).split(os.sep)
+  if parts[-1].isdigit() and len(parts) > 2 and parts[-2] == "checkpoints":
+    parts = parts[:-2] + [f"{parts[-3]}_step{parts[-1]}"]
+  model = "_".join(parts[-2:]) if parts[-1].startswith("seed_") else parts[-1] or "model"
+  first = input_spec.split(",")[0].rstrip("/")
+  inputs = os.path.basename(os.path.dirname(first) if any(c in first for c in "*?[") else first)
+  digest = hashlib.sha256("\n".join(os.path.abspath(f) for f in files).encode()).hexdigest()[:8]
+  name = f"{os.path.splitext(model)[0]}_{os.path.splitext(inputs)[0] or 'input'}-{digest}"
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
 
 def _write(out: str, files, errors, probs, names, k: int) -> None:
