@@ -92,8 +92,9 @@ def _hub_download(huggingface_hub, spec: str, name: str) -> str:
   repo, _, revision = spec.partition("@")
   try:
     return huggingface_hub.hf_hub_download(repo, name, revision=revision or None)
-  except huggingface_hub.errors.EntryNotFoundError as e:  # the repo answered: no such file
-    if name == "config.json" and not isinstance(e, huggingface_hub.errors.LocalEntryNotFoundError):
+  except huggingface_hub.utils.EntryNotFoundError as e:  # the repo answered: no such file
+    # (huggingface_hub.utils, not .errors: the tlflax[hub] floor, 0.20, has no errors module)
+    if name == "config.json" and not isinstance(e, huggingface_hub.utils.LocalEntryNotFoundError):
       raise _NoSuchFile(name) from e
     error = e
   except Exception as e:  # noqa: BLE001 -- offline and not cached, unknown repo or revision
