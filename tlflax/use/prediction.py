@@ -125,10 +125,12 @@ def as_images(images) -> np.ndarray:
   if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer)
                                  or np.issubdtype(a.dtype, np.floating)):
     raise ValueError(f"tlflax.predict takes integer (0..255) or float ([0, 1]) pixels; got {what}")
-  low, high = (a.min(), a.max()) if np.issubdtype(a.dtype, np.integer) else (
-      np.nanmin(a), np.nanmax(a))
+  if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+    raise ValueError(f"tlflax.predict takes float pixels in [0, 1]; got {what} with non-finite "
+                     "values (NaN or infinity)")
+  low, high = a.min(), a.max()
   if np.issubdtype(a.dtype, np.floating):
-    if not np.isfinite(a).all() or low < 0 or high > 1:
+    if low < 0 or high > 1:
       raise ValueError(f"tlflax.predict takes float pixels in [0, 1]; got {what} in "
                        f"[{low}, {high}]: divide 0..255 values by 255, or pass them as uint8")
     a = np.rint(a * 255.0)
