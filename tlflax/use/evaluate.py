@@ -132,12 +132,8 @@ def _name(model_path: str, phase, checkpoint_name: str | None = None,
   """The output folder's name: the run (seed_N folders with their experiment), the checkpoint
   evaluated (`which` of a run folder, 'latest' or 'best', with its step; a named checkpoint's
   step), the dataset and the split, so no evaluation of another checkpoint overwrites it."""
-  parts = os.path.normpath(model_path.replace("hf://", "")).split(os.sep)
-  if parts[-1].isdigit() and len(parts) > 2 and parts[-2] == "checkpoints":
-    parts = parts[:-2] + [f"{parts[-3]}_step{parts[-1]}"]
-  elif checkpoint_name and os.path.basename(checkpoint_name).isdigit():
-    parts[-1] += f"_{which}_step{os.path.basename(checkpoint_name)}"
-  base = "_".join(parts[-2:]) if parts[-1].startswith("seed_") else parts[-1] or "model"
+  step = os.path.basename(checkpoint_name or "")
+  base = loader.model_name(model_path, f"_{which}_step{step}" if step.isdigit() else "")
   text = f"{base}_{phase.dataset}_{phase.test_split}"
   return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 

@@ -77,6 +77,19 @@ def class_names(info: dict) -> list[str]:
   return list(info["class_names"]) or [str(i) for i in range(info["num_classes"])]
 
 
+def model_name(model_path: str, suffix: str = "") -> str:
+  """A short name of the model `model_path` names, for output folders: a study's seed folder
+  with its experiment (`transfer_full_seed_0`), a checkpoint with its step (`scratch_step96`),
+  else the path's last part; `suffix` is appended to that last part first (the checkpoint a run
+  folder was read at)."""
+  parts = os.path.normpath(model_path.replace(weights.HUB_PREFIX, "")).split(os.sep)
+  if parts[-1].isdigit() and len(parts) > 2 and parts[-2] == "checkpoints":
+    parts = parts[:-2] + [f"{parts[-3]}_step{parts[-1]}"]
+  else:
+    parts[-1] += suffix
+  return "_".join(parts[-2:]) if parts[-1].startswith("seed_") else parts[-1] or "model"
+
+
 def checkpoint_path(path: str, which: str) -> str:
   """What `load` should read for `which` ('latest' or 'best') of `path`: a run folder's best
   checkpoint (the best epoch of its summary.json, kept by `checkpoint.keep_best`), else `path`

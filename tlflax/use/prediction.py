@@ -188,10 +188,7 @@ def output_name(model_path: str, input_spec: str, files: list[str]) -> str:
   """The folder of one prediction: the model (a study's seed folder with its experiment, a
   checkpoint with its step), the input set's name and a digest of its files, so predicting
   other files, or with another model, never overwrites an earlier prediction."""
-  parts = os.path.normpath(model_path.replace("hf://", "")).split(os.sep)
-  if parts[-1].isdigit() and len(parts) > 2 and parts[-2] == "checkpoints":
-    parts = parts[:-2] + [f"{parts[-3]}_step{parts[-1]}"]
-  model = "_".join(parts[-2:]) if parts[-1].startswith("seed_") else parts[-1] or "model"
+  model = loader.model_name(model_path)
   first = input_spec.split(",")[0].rstrip("/")
   inputs = os.path.basename(os.path.dirname(first) if any(c in first for c in "*?[") else first)
   digest = hashlib.sha256("\n".join(os.path.abspath(f) for f in files).encode()).hexdigest()[:8]
