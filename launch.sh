@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # tlflax launcher. Creates .venv when missing, installs tlflax into it (again whenever
-# pyproject.toml or TLFLAX_ACCEL changes), then runs the package, its tests, or a cloud launch.
+# pyproject.toml or TLFLAX_ACCEL changes, and with the test extras for `test`), then runs the package, its tests, or a cloud launch.
 #   ./launch.sh local [FLAGS...]   python -m tlflax.main FLAGS... on every device of this machine
-#   ./launch.sh test [PYTEST...]   the test suite (what CI runs)
-#   ./launch.sh install            only the set-up
+#   ./launch.sh test [PYTEST...]   the test suite (what CI runs); a path or -k selects tests
+#   ./launch.sh install            only the set-up (what running needs; `test` adds the test extras)
 #   ./launch.sh tpu --name=VM --zone=Z [--project=P] [--dry-run] -- FLAGS...
 #   ./launch.sh slurm [--nodes=N] [--gpus-per-node=G] [--time=T] [--partition=P] [--dry-run] -- FLAGS...
 # TLFLAX_ACCEL=cpu|cuda12|cuda13|tpu picks the jax build that is installed (default cpu).
@@ -44,25 +44,34 @@ quote_all() {
   printf '%s' "$out"
 }
 
+# Creates the venv when missing and installs tlflax into it with the extras a command needs:
+# `local` and `install` what running needs (plus the jax build of TLFLAX_ACCEL), `test` the test
+# extras too. A stamp records what was installed; it is done again when pyproject.toml or
+# TLFLAX_ACCEL changes, or when `test` finds only the running set.
 setup() {
+  local purpose=$1
   if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "launch.sh: error: tlflax needs python3 >= 3.11 on PATH (jax 0.10 and later do)" >&2
     exit 2
   fi
   local extras
   case "$ACCEL" in
-    cpu) extras="test" ;;
-    cuda12|cuda13|tpu) extras="test,$ACCEL" ;;
+    cpu) extras="" ;;
+    cuda12|cuda13|tpu) extras="$ACCEL" ;;
     *) die "TLFLAX_ACCEL=$ACCEL is not one of cpu, cuda12, cuda13, tpu" ;;
   esac
+  [ "$purpose" = test ] && extras="test${extras:+,$extras}"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  local stamp="$VENV/.tlflax-installed" want
+  local stamp="$VENV/.tlflax-installed" want have
   want="$(sha256sum pyproject.toml | cut -d' ' -f1) $ACCEL"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "launch.sh: installing tlflax[$extras] and its dependencies into $VENV" >&2
+  have=$(cat "$stamp" 2>/dev/null || true)
+  # A test installation serves running too; a running one lacks the test extras.
+  if [ "$have" != "$want run" ] && [ "$have" != "$want test" ] || \
+     { [ "$purpose" = test ] && [ "$have" != "$want test" ]; }; then
+    echo "launch.sh: installing tlflax${extras:+[$extras]} and its dependencies into $VENV" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
-    echo "$want" > "$stamp"
+    "$VENV/bin/python" -m pip install -q -e ".${extras:+[$extras]}"
+    if [ "$purpose" = test ]; then echo "$want test" > "$stamp"; else echo "$want run" > "$stamp"; fi
   fi
   if [ "$ACCEL" = cpu ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "launch.sh: note: this machine has an NVIDIA GPU but TLFLAX_ACCEL=cpu; set" \
@@ -166,11 +175,12 @@ slurm_launch() {
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  local) setup; exec "$VENV/bin/python" -m tlflax.main "$@" ;;
+  local) setup run; exec "$VENV/bin/python" -m tlflax.main "$@" ;;
   # Test files in parallel, one worker per core (at most 4): the suite is half compilation and
-  # subprocess start-up, which one process leaves a core idle for.
-  test) setup; exec "$VENV/bin/python" -m pytest -n auto --maxprocesses=4 --dist loadfile tests "$@" ;;
-  install) setup ;;
+  # subprocess start-up, which one process leaves a core idle for. With no path among the
+  # arguments pytest runs pyproject.toml's testpaths (tests/); a path or -k selects.
+  test) setup test; exec "$VENV/bin/python" -m pytest -n auto --maxprocesses=4 --dist loadfile "$@" ;;
+  install) setup run ;;
   tpu) tpu_launch "$@" ;;
   slurm) slurm_launch "$@" ;;
   -h|--help|help) usage ;;

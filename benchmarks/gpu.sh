@@ -29,6 +29,9 @@ if [ "${1:-}" = "--here" ]; then
   shift
   [ $# -ge 1 ] || die "usage: benchmarks/gpu.sh --here OUT_DIR [--rehearse] [--budget_s=S]"
   out=$1
+  case "$out" in
+    -*) die "$out where the output folder belongs: use benchmarks/gpu.sh --here OUT_DIR [--rehearse] [--budget_s=S]" ;;
+  esac
   shift
   py=${PYTHON:-python3}
   wheels=${TLFLAX_WHEELS:-.whl}
@@ -44,6 +47,9 @@ if [ "${1:-}" = "--here" ]; then
   exec "$py" benchmarks/device_figures.py --out="$out" "$@"
 fi
 
+case "${1:-}" in
+  -*) die "unknown option $1: use benchmarks/gpu.sh --here OUT_DIR [--rehearse] [--budget_s=S], or benchmarks/gpu.sh [OUT_DIR]" ;;
+esac
 command -v nvidia-smi >/dev/null 2>&1 || die "nvidia-smi not found: run on a GPU machine"
 cuda=$(nvidia-smi | sed -n 's/.*CUDA Version: \([0-9]*\).*/\1/p' | head -1)
 accel=cuda12

@@ -11,6 +11,8 @@ selects on validation.
 
 from tlflax import config as config_lib
 
+ARGS = {"val": "hold out the last 10% of each training split to select the best epoch on"}
+
 
 def get_config(arg: str | None = None):
   config = config_lib.base_config()

@@ -9,11 +9,13 @@ CIFAR-10 pretraining:
   gradual  the head first, stages 3-4 join at epoch 2, everything from epoch 4
 at four label budgets (5, 25 and 100 CIFAR-100 training images per class, and all 500), three
 seeds each: 1 pretraining + 5 experiments x 4 budgets x 3 seeds = 61 runs. Small budgets train
-at least `target.min_steps` steps (see README, "Reproducing the study").
+at least `target.min_steps` steps (docs/study.md, "Schedules at small budgets").
 `:val` holds out 10% of each training split for model selection, as in the seed config.
 """
 
 from tlflax import config as config_lib
+
+ARGS = {"val": "hold out the last 10% of each training split to select the best epoch on"}
 
 
 def get_config(arg: str | None = None):

@@ -1,4 +1,4 @@
-"""The seed experiment shrunk to run offline in about a minute on 2 CPU cores.
+"""The seed experiment shrunk to run offline on a laptop's CPU in a minute or two.
 
 A narrow ResNet-18 (width 8), the built-in synthetic10 -> synthetic100 datasets, a few epochs,
 two seeds for `--mode=compare`; 512 held-out synthetic100 training images select the best epoch.

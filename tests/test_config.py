@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli
 
 from tlflax import config as config_lib
-from tlflax.config import cli, reference
+from tlflax.config import cli, files, reference
 from tlflax.errors import UserError
 from tlflax.train import checks
 
@@ -15,25 +15,25 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def _load(name: str, arg: str | None = None):
   import importlib.util
-  spec = importlib.util.spec_from_file_location(name, cli.configs_dir() / f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, files.configs_dir() / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
 
 
 def test_shipped_configs_are_found_by_name_and_paths_pass_through(tmp_path):
-  assert cli.named_configs() == ["cifar10_to_cifar100", "cifar10_to_cifar100_arms",
+  assert files.named_configs() == ["cifar10_to_cifar100", "cifar10_to_cifar100_arms",
                                  "imagenet_to_cifar100", "lr_sweep", "smoke"]
-  assert cli.configs_dir().resolve() == (REPO / "configs").resolve()
-  assert cli.config_path("smoke") == str(cli.configs_dir() / "smoke.py")
-  assert cli.config_path("cifar10_to_cifar100:val") == \
-      f"{cli.configs_dir() / 'cifar10_to_cifar100.py'}:val"
+  assert files.configs_dir().resolve() == (REPO / "configs").resolve()
+  assert files.config_path("smoke") == str(files.configs_dir() / "smoke.py")
+  assert files.config_path("cifar10_to_cifar100:val") == \
+      f"{files.configs_dir() / 'cifar10_to_cifar100.py'}:val"
   own = tmp_path / "mine.py"
   own.write_text("")
   for value in (str(own), "configs/smoke.py", "configs/smoke.py:val", "x/y.py"):
-    assert cli.config_path(value) == value
+    assert files.config_path(value) == value
   with pytest.raises(UserError, match=r"no config named 'cifar'.*use one of cifar10_to_cifar100,"):
-    cli.config_path("cifar")
+    files.config_path("cifar")
   # Loaded once, by cli.load: the same config as the file's get_config, its argument passed on.
   assert cli.load("smoke").to_dict() == _load("smoke").to_dict()
   assert cli.load("cifar10_to_cifar100:val").target.val_split == "train[90%:]"

@@ -79,3 +79,16 @@ def test_two_epochs_of_each_run_and_the_projected_study(rehearsal):
   assert p["total_s"] == pytest.approx(sum(p[k]["total_s"] for k in ("pretrain", "scratch",
                                                                       "transfer")))
   assert "study projected (pretrain 30 + scratch 100 + transfer 100 epochs)" in run.stdout
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--here", "--rehearse"], "--rehearse where the output folder belongs"),
+    (["--rehearse"], "unknown option --rehearse"),
+    (["--here"], "usage: benchmarks/gpu.sh --here OUT_DIR"),
+])
+def test_a_flag_where_the_folder_belongs_is_one_line_and_exit_2(tmp_path, args, expected):
+  result = subprocess.run(["bash", "benchmarks/gpu.sh", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False, env={**os.environ, "PYTHON": "false"})
+  assert result.returncode == 2
+  assert result.stderr.count("\n") == 1 and expected in result.stderr
+  assert not (REPO / "--rehearse").exists()

@@ -54,8 +54,8 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   tlflax = venv / "bin" / "tlflax"
-  where = _run([python, "-c", ("import tlflax, tlflax.configs, tlflax.config.cli as c; "
-                "print(tlflax.__file__, tlflax.configs.__file__, c.config_path(c.DEFAULT))")],
+  where = _run([python, "-c", ("import tlflax, tlflax.configs, tlflax.config.files as f, tlflax.config.cli as c; "
+                "print(tlflax.__file__, tlflax.configs.__file__, f.config_path(c.DEFAULT))")],
                empty)
   assert where.returncode == 0, where.stderr[-2000:]
   files = where.stdout.split()

@@ -89,3 +89,34 @@ def test_launcher_mistakes_end_with_exit_2(launcher, args, env, expected):
   assert result.returncode == 2
   assert expected in result.stderr
   assert not (launcher.folder / ".venv").exists()
+
+
+def test_each_command_installs_what_it_needs_and_passes_its_arguments(launcher):
+  """launch.sh against a stand-in venv whose python records its arguments: `local` installs
+  what running needs, `test` adds the test extras and hands pytest only what the user typed."""
+  bin_dir = launcher.folder / ".venv" / "bin"
+  bin_dir.mkdir(parents=True)
+  log = launcher.folder / "calls.log"
+  (bin_dir / "python").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
+  (bin_dir / "python").chmod(0o755)
+
+  def calls(*args, env=None):
+    log.write_text("")
+    result = launcher(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    return log.read_text().splitlines()
+
+  stamp = launcher.folder / ".venv" / ".tlflax-installed"
+  assert calls("local", "--mode=config") == ["-m pip install -q --upgrade pip",
+                                             "-m pip install -q -e .", "-m tlflax.main --mode=config"]
+  assert stamp.read_text().split()[1:] == ["cpu", "run"]
+  assert calls("local", "--mode=config") == ["-m tlflax.main --mode=config"]  # installed already
+  pytest_argv = "-m pytest -n auto --maxprocesses=4 --dist loadfile"
+  assert calls("test", "tests/test_data.py", "-k", "split") == [
+      "-m pip install -q --upgrade pip", "-m pip install -q -e .[test]",
+      f"{pytest_argv} tests/test_data.py -k split"]
+  assert calls("test") == [pytest_argv]  # pyproject.toml's testpaths: the whole suite
+  assert calls("install") == []  # the test installation serves running too
+  assert calls("local", env={"TLFLAX_ACCEL": "cuda12"})[1:] == [
+      "-m pip install -q -e .[cuda12]", "-m tlflax.main"]
+  assert stamp.read_text().split()[1:] == ["cuda12", "run"]

@@ -13,14 +13,10 @@ def _config_file(tmp_path, arms: str) -> str:
   """configs/smoke.py with the given arms, as a user's own config file would extend it."""
   path = tmp_path / f"study_{len(arms)}.py"
   path.write_text(textwrap.dedent(f"""
-      import importlib.util
       from tlflax import config as config_lib
 
       def get_config():
-        spec = importlib.util.spec_from_file_location("smoke", "{REPO}/configs/smoke.py")
-        smoke = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(smoke)
-        config = smoke.get_config()
+        config = config_lib.shipped("smoke")
         config.arms = config_lib.arms_config({arms})
         return config
       """))

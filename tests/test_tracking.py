@@ -114,6 +114,7 @@ def test_tracking_without_wandb_installed_is_one_line_and_writes_nothing(tmp_pat
       check=False)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
-      "tlflax: error: config.track.wandb_project is set but wandb is not installed: pip install "
-      "'tlflax[track]' (or unset config.track.wandb_project)")
+      "tlflax: error: config.track.wandb_project is set but wandb is not installed: install the "
+      "track extra, pip install -e '.[track]' in the tlflax checkout (or unset "
+      "config.track.wandb_project)")
   assert not workdir.exists()

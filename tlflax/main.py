@@ -1,9 +1,8 @@
 """Command line: `tlflax --mode=MODE --config=NAME|FILE --workdir=DIR [--config.KEY=VALUE ...]`
 (or `python -m tlflax.main ...`).
 
---config is the name of a shipped config (smoke, cifar10_to_cifar100, cifar10_to_cifar100_arms,
-imagenet_to_cifar100; NAME:val holds out 10% of each training split) or the path of your own
-config file.
+--config is the name of a shipped config (listed under --config below, with the argument each
+takes as NAME:ARG; docs/config.md says what each is) or the path of your own config file.
 
 Modes:
   pretrain  train on the source dataset                         -> DIR/pretrain/

@@ -1,17 +1,14 @@
-"""Everything about `--config`: the shipped configs' names, loading a config file, the
-`--config.KEY=VALUE` overrides, their one-line errors, and `--mode=config`'s listing. Used by
-`tlflax.main` and `tlflax.tools.bench`.
+"""Everything about `--config` on a command line: its help, the `--config.KEY=VALUE` overrides,
+their one-line errors, and `--mode=config`'s listing. Used by `tlflax.main` and
+`tlflax.tools.bench`.
 
-`--config` is the name of a shipped config (`smoke`, `cifar10_to_cifar100`; `NAME:ARG` passes ARG
-to its `get_config`) or the path of a config file (`FILE[:ARG]`). The file is loaded here, once;
+`--config` is the name of a shipped config (`smoke`, `cifar10_to_cifar100:val`; `NAME:ARG` passes
+ARG to its `get_config`) or the path of a config file (`FILE[:ARG]`). `files.load` loads it, once;
 an override of a key the config lacks is refused naming the closest keys; the others go to absl
 through `config_flags.DEFINE_config_dict`, which parses and type-checks them.
 """
 
 import difflib
-import importlib.util
-import os
-import pathlib
 import sys
 
 import ml_collections
@@ -19,46 +16,20 @@ from absl import flags
 from ml_collections import config_flags
 
 from tlflax import config as config_lib
+from tlflax.config import files
+from tlflax.config.files import load
 from tlflax.errors import UserError
 
 DEFAULT = "cifar10_to_cifar100"
 _HELP = ("--help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?")
-CONFIG_HELP = ("A shipped config's name (smoke, cifar10_to_cifar100, cifar10_to_cifar100_arms, "
-               "imagenet_to_cifar100; NAME:val holds out validation) or a config file's path; "
-               "--config.KEY=VALUE overrides a key (--mode=config lists them).")
 
 
-def configs_dir() -> pathlib.Path:
-  """The folder of the configs shipped with tlflax: the installed `tlflax.configs` package, or
-  `configs/` next to `tlflax/` in a checkout that was not installed."""
-  try:
-    spec = importlib.util.find_spec("tlflax.configs")
-  except ImportError:
-    spec = None
-  if spec is not None and spec.submodule_search_locations:
-    return pathlib.Path(next(iter(spec.submodule_search_locations)))
-  return pathlib.Path(__file__).resolve().parent.parent / "configs"
-
-
-def named_configs() -> list[str]:
-  """Names of the shipped configs (`--config=NAME`)."""
-  return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_"))
-
-
-def config_path(value: str) -> str:
-  """`--config`'s value as FILE[:ARG]: a shipped config's NAME[:ARG] becomes its file's path, a
-  path is used as given. A name that is neither says which names exist."""
-  file, sep, arg = value.partition(":")
-  if os.path.exists(file) or file.endswith(".py") or os.sep in file:
-    return value
-  path = configs_dir() / f"{file}.py"
-  if not path.exists():
-    names = named_configs()
-    close = difflib.get_close_matches(file, names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UserError(f"no config named {file!r}{hint}: use one of {', '.join(names)}, or the "
-                    "path of a config file")
-  return f"{path}{sep}{arg}"
+def config_help() -> str:
+  """--config's help: the shipped configs as the folder holds them, each with its argument."""
+  names = ", ".join(files.usage(name) for name in files.named_configs())
+  return (f"A shipped config's name ({names}; docs/config.md says what each is and takes) or "
+          "the path of a config file (FILE[:ARG]); --config.KEY=VALUE overrides a key "
+          "(--mode=config lists them).")
 
 
 def config_value(argv: list[str], default: str = DEFAULT) -> str:
@@ -69,33 +40,6 @@ def config_value(argv: list[str], default: str = DEFAULT) -> str:
     if arg == "--config" and i + 1 < len(argv):
       return argv[i + 1]
   return default
-
-
-def load(value: str) -> ml_collections.ConfigDict:
-  """The config `--config=value` names, before overrides; every way it can fail is one line."""
-  file, _, arg = config_path(value).partition(":")
-  if not os.path.isfile(file):
-    raise UserError(f"cannot load config file {file} (no such file): pass an existing file or "
-                    "a shipped config's name, e.g. --config=smoke")
-  try:
-    spec = importlib.util.spec_from_file_location("_tlflax_config", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if get_config is None:
-      raise UserError(f"config file {file} defines no get_config(): pass a tlflax config file "
-                      "or a shipped config's name, e.g. --config=smoke")
-    config = get_config(arg) if arg else get_config()
-  except UserError:
-    raise
-  except Exception as e:
-    reason = f"{type(e).__name__}: {e}".splitlines()[0]
-    raise UserError(f"cannot load config {file} ({reason}): fix the file, or pass a shipped "
-                    "config's name, e.g. --config=smoke (NAME:ARG only where get_config takes "
-                    "one)") from e
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise UserError(f"get_config() of {file} returned {type(config).__name__}, not a ConfigDict")
-  return config
 
 
 def closest_keys(config, key: str, n: int = 3) -> list[str]:
@@ -137,7 +81,7 @@ def parse(argv: list[str], default: str = DEFAULT, flag_values=flags.FLAGS) -> l
   rest = [a for i, a in enumerate(argv) if not a.startswith("--config=") and a != "--config"
           and not (i > 0 and argv[i - 1] == "--config")]
   try:
-    config_flags.DEFINE_config_dict("config", config, CONFIG_HELP, flag_values=flag_values,
+    config_flags.DEFINE_config_dict("config", config, config_help(), flag_values=flag_values,
                                     lock_config=True, sys_argv=rest)
     # --helpshort lists the flags of the module that sys.argv[0] names: --config is one of them.
     flag_values.register_key_flag_for_module(sys.argv[0], flag_values["config"])

@@ -136,7 +136,7 @@ REPORT = {
 }
 TRACK = {
     "wandb_project": ("", ("Weights & Biases project that every training run and the report are "
-                      "sent to, from process 0 ('': no tracking; needs tlflax[track])")),
+                      "sent to, from process 0 ('': no tracking; needs the track extra)")),
     "wandb_entity": ("", "wandb entity (team or user; '': wandb's default)"),
     "wandb_mode": ("", ("'online', 'offline' (everything stays on the machine, for `wandb "
                    "sync`) or 'disabled' ('': wandb's default, or WANDB_MODE)")),

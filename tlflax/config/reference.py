@@ -1,16 +1,31 @@
-"""docs/config.md, generated from the key tables: `python -m tlflax.config > docs/config.md`."""
+"""docs/config.md, generated from the shipped configs and the key tables:
+`python -m tlflax.config > docs/config.md`."""
 
+from tlflax.config import files
 from tlflax.config.build import base_config
 from tlflax.config.keys import BLOCKS, flat_keys
 
 
 def markdown() -> str:
-  """docs/config.md: every key of `base_config()` with its default and meaning."""
+  """docs/config.md: the shipped configs, then every key of `base_config()` with its default
+  and meaning."""
   lines = ["# Config reference", "",
-           ("Generated from `tlflax/config/keys.py` by `python -m tlflax.config > docs/config.md` (a "
-           "test fails when this file is stale). Defaults are those of `base_config()`, the "
+           ("Generated from `configs/` and `tlflax/config/keys.py` by `python -m tlflax.config > "
+           "docs/config.md` (a test fails when this file is stale). Defaults are those of "
+           "`base_config()`, the "
            "seed experiment; the shipped configs in `configs/` change some of them. Override any "
-           "key with `--config.KEY=VALUE`; `--mode=config` prints the resolved values."), ""]
+           "key with `--config.KEY=VALUE`; `--mode=config` prints the resolved values."), "",
+           "## Shipped configs", "",
+           ("`--config=NAME` loads `configs/NAME.py` (shipped inside the package as "
+            "`tlflax.configs`); `--config=NAME:ARG` passes ARG to its `get_config`, and only the "
+            "arguments below are taken. More on each, and on writing your own: "
+            "[configs.md](configs.md)."), "",
+           "| `--config=` | what it is | argument |", "| --- | --- | --- |"]
+  for name in files.named_configs():
+    args = files.shipped_args(name)
+    taken = "; ".join(f"`:{a}`: {meaning}" for a, meaning in args.items()) or "none"
+    lines.append(f"| `{name}` | {files.summary(name)} | {taken} |")
+  lines.append("")
   titles = {"": "Top level", "data": "`data`: where the splits live",
             "model": "`model`", "source": "`source`: the pretraining phase",
             "target": "`target`: the transfer (and scratch) phase",

@@ -1,6 +1,6 @@
 """Where files live: local folders and object stores (`gs://`, `s3://`) behind one set of
 functions, on `etils.epath` (what orbax itself uses) with fsspec's `gcsfs` and `s3fs` for the
-stores (`pip install 'tlflax[gcs]'` or `'tlflax[s3]'`). Paths stay strings; every read and write
+stores (the `gcs` and `s3` extras). Paths stay strings; every read and write
 of a workdir goes through here, never through `open` or `os` on a string.
 
 Object stores have no rename and no append. What that changes, and how it is handled:
@@ -50,7 +50,8 @@ def check(path: str, what: str = "--workdir") -> None:
 
   for prefix, (package, extra) in _EXTRAS.items():
     if str(path).startswith(prefix) and importlib.util.find_spec(package) is None:
-      raise UserError(f"{what}={path} needs {package}: pip install 'tlflax[{extra}]'")
+      raise UserError(f"{what}={path} needs {package}: install the {extra} extra, pip install -e "
+                      f"'.[{extra}]' in the tlflax checkout")
   if not is_remote(path):
     return
   scheme, _, rest = str(path).partition("://")

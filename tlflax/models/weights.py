@@ -6,7 +6,7 @@ as such a file. Turning a file, a run folder or a checkpoint into a model is
 
 safetensors, not pickles: a `.pth` / `.pt` / `.bin` file is a pickle, and loading one runs
 whatever code it holds, so tlflax refuses it and says how to convert it (two lines of PyTorch).
-The hub is reached through `huggingface_hub` (`pip install tlflax[hub]`), which also works offline
+The hub is reached through `huggingface_hub` (the `hub` extra), which also works offline
 from the user's cache. A weights file's input statistics travel with it: from its own metadata
 (files tlflax exports), from a hub model's `config.json` (timm's `pretrained_cfg`), else
 ImageNet's, which torchvision's and timm's ImageNet ResNets use.
@@ -75,7 +75,8 @@ def _hub_file(spec: str) -> str:
   try:
     import huggingface_hub  # the optional extra tlflax[hub]
   except ImportError as e:
-    raise UserError(f"hf://{spec} needs huggingface_hub: pip install 'tlflax[hub]'") from e
+    raise UserError(f"hf://{spec} needs huggingface_hub: install the hub extra, pip install -e "
+                    "'.[hub]' in the tlflax checkout") from e
   file = _hub_download(huggingface_hub, spec, "model.safetensors")
   try:
     _hub_download(huggingface_hub, spec, "config.json")

@@ -48,6 +48,19 @@ def _imported(tree: ast.AST, known: set[str]) -> set[str]:
   return out & known
 
 
+def _paragraphs(doc: str) -> list[str]:
+  """A docstring as markdown lines: a paragraph on one line, an indented block (a table laid out
+  in the docstring) kept as it is, in a text block; each followed by a blank line."""
+  out = []
+  for paragraph in doc.strip().split("\n\n"):
+    rows = paragraph.splitlines()
+    if any(r.startswith("  ") for r in rows):
+      out += ["```text", *rows, "```", ""]
+    else:
+      out += [" ".join(paragraph.split()), ""]
+  return out
+
+
 def modules() -> dict[str, pathlib.Path]:
   return {_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
@@ -86,8 +99,8 @@ def markdown() -> str:
   lines = [BEGIN, "", "### At the top of the package", "", *header, *map(row, top), ""]
   for unit in SUBPACKAGES:
     package = f"tlflax.{unit}"
-    doc = " ".join((ast.get_docstring(ast.parse(mods[package].read_text())) or "").split())
-    lines += [f"### `tlflax/{unit}/`", "", doc, "", *header]
+    doc = _paragraphs(ast.get_docstring(ast.parse(mods[package].read_text())) or "")
+    lines += [f"### `tlflax/{unit}/`", "", *doc, *header]
     lines += [row(m) for m in mods if m.startswith(package + ".")]
     lines.append("")
   lines.append(END)

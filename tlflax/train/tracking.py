@@ -1,4 +1,4 @@
-"""Optional experiment tracking with Weights & Biases (`pip install 'tlflax[track]'`).
+"""Optional experiment tracking with Weights & Biases (the `track` extra).
 
 Off unless `config.track.wandb_project` is set. Process 0 alone talks to wandb. Each training run
 is one wandb run: its config (config.json's record), every `log_every_steps` window of training
@@ -29,8 +29,9 @@ def enabled(track) -> bool:
 def check(track) -> None:
   """A `UserError` when tracking is asked for and wandb cannot be imported."""
   if enabled(track) and importlib.util.find_spec("wandb") is None:
-    raise UserError("config.track.wandb_project is set but wandb is not installed: pip install "
-                    "'tlflax[track]' (or unset config.track.wandb_project)")
+    raise UserError("config.track.wandb_project is set but wandb is not installed: install the "
+                    "track extra, pip install -e '.[track]' in the tlflax checkout (or unset "
+                    "config.track.wandb_project)")
 
 
 def _init(track, run_id: str, name: str, group: str, config: dict, job: str):
