@@ -212,3 +212,38 @@ def test_an_arm_overriding_a_target_key_is_checked_like_the_target(arm, expected
   with pytest.raises(UserError) as e:
     checks.validate(config)
   assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arms, pretrained", [
+    ({"full": {}, "other": {"init_from": "/runs/other"}}, True),
+    ({"a": {"init_from": "/runs/a"}, "b": {"init_from": "/runs/b", "freeze": "stem"}}, False),
+])
+def test_each_arm_starts_from_its_own_source_and_pretrain_trains_only_when_used(
+    monkeypatch, tmp_path, arms, pretrained):
+  """An arm's `init_from` is the source its runs start from; DIR/pretrain is made ready (trained)
+  only when an arm starts from it, and each source once, before any target run."""
+  from tlflax import config as config_lib
+  from tlflax.study import experiments
+  calls = []
+  monkeypatch.setattr(experiments.source_lib, "resolve",
+                      lambda config, workdir: config.transfer.init_from or f"{workdir}/pretrain")
+  monkeypatch.setattr(experiments.phase_lib, "prepare_source",
+                      lambda source, workdir, placement: calls.append(("prepare", 0, source)))
+  monkeypatch.setattr(experiments.phase_lib, "run_phase",
+                      lambda mode, config, workdir, run_dir, source, placement, record:
+                      calls.append((record["experiment"], config.seed, source)))
+  monkeypatch.setattr(experiments, "write_report", lambda *args: "report")
+  config = config_lib.shipped("smoke")
+  config.arms = config_lib.arms_config(arms)
+  config.seeds = (3, 4)
+  assert experiments.run_compare(config, str(tmp_path)) == "report"
+  want = {arm: spec.get("init_from") or f"{tmp_path}/pretrain" for arm, spec in arms.items()}
+  prepared = [source for kind, _, source in calls if kind == "prepare"]
+  assert prepared == list(dict.fromkeys(want.values()))  # each once, in arm order
+  assert (f"{tmp_path}/pretrain" in prepared) == pretrained
+  assert all(kind == "prepare" for kind, _, _ in calls[:len(prepared)])  # before any target run
+  runs = calls[len(prepared):]
+  assert len(runs) == 2 * (1 + len(arms))
+  for name, seed, source in runs:
+    assert seed in (3, 4)
+    assert source == (None if name == "scratch" else want[name.removeprefix("transfer_")])

@@ -61,17 +61,24 @@ def experiments(config) -> list[Experiment]:
 
 
 def run_compare(config, workdir: str, placement=None) -> str:
-  """The whole study on `workdir`, then its report; returns the report folder. The transfer
-  source is resolved once and made ready first (the pretraining, before any target run)."""
+  """The whole study on `workdir`, then its report; returns the report folder. Each arm's
+  transfer source (its `init_from`, else DIR/pretrain) is resolved once and made ready first
+  (the pretraining, before any target run, and only when an arm starts from it)."""
   todo = experiments(config)
   logging.info("study: %d experiment(s) x %d seed(s): %s", len(todo), len(config.seeds),
                ", ".join(e.name for e in todo))
-  source = source_lib.resolve(config, workdir)
-  phase_lib.prepare_source(source, workdir, placement)
+  sources = {}  # init_from -> Source: arms that name another source start from it, not DIR/pretrain
+  for arm in config_lib.arm_names(config):
+    arm_config = config_lib.with_arm(config, arm)
+    if arm_config.transfer.init_from not in sources:
+      sources[arm_config.transfer.init_from] = source_lib.resolve(arm_config, workdir)
+      phase_lib.prepare_source(sources[arm_config.transfer.init_from], workdir, placement)
   for seed in config.seeds:
     for exp in todo:
-      phase_lib.run_phase(exp.mode, exp.config(config, seed), workdir, exp.run_dir(workdir, seed),
-                       source if exp.mode == "transfer" else None, placement, exp.record())
+      run_config = exp.config(config, seed)
+      source = sources[run_config.transfer.init_from] if exp.mode == "transfer" else None
+      phase_lib.run_phase(exp.mode, run_config, workdir, exp.run_dir(workdir, seed), source,
+                          placement, exp.record())
   return write_report(workdir, config.report.include_unfinished, config.track)
 
 
