@@ -82,7 +82,7 @@ def _png_size(path):
     (["--config=smok"], ("no config named 'smok' (did you mean 'smoke'?): use one of "
                         "cifar10_to_cifar100, cifar10_to_cifar100_arms, imagenet_to_cifar100, "
                         "lr_sweep, smoke")),
-    (["--config=smoke:bogus"], "get_config() takes 0 positional arguments but 1 was given"),
+    (["--config=smoke:bogus"], "config smoke takes no argument (got :bogus): use --config=smoke"),
     (["--config.data.pipeline=disk"], "config.data.pipeline must be one of auto, device, stream"),
     (["--config.target.resize=pad"], "config.target.resize must be one of squash, center_crop"),
     # The dataset's own error, not one about the split being read when it was found missing.
