@@ -252,9 +252,9 @@ def tiny_scratch(tmp_path_factory):
 
 # pytest-xdist (--dist loadfile) hands test files to idle workers in collection order. The files
 # that run longest go first, so no worker is left with a long file after the others finish.
-LONGEST_FIRST = ("test_study.py", "test_parallel.py", "test_faults.py", "test_main.py",
-                 "test_device_figures.py", "test_storage.py", "test_checkpoint.py",
-                 "test_accumulation_float16.py")
+LONGEST_FIRST = ("test_docs.py", "test_study.py", "test_parallel.py", "test_faults.py",
+                 "test_main.py", "test_device_figures.py", "test_storage.py", "test_rank.py",
+                 "test_checkpoint.py", "test_accumulation_float16.py")
 
 
 def pytest_collection_modifyitems(items):

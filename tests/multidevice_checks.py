@@ -230,6 +230,21 @@ def batch_error_check(task, eight) -> str:
   return ""
 
 
+def rank_check(task, one, eight, pmap8) -> dict:
+  """--mode=rank's features of 37 images (not a multiple of 8: the last batch is padded) on 8
+  devices, under shard_map and pmap, against one device."""
+  from tlflax.use import rank
+  split = task_lib.Split(task.test.images, task.test.labels)
+  variables = resnet.init_variables(MODEL, task.num_classes, split.images.shape[1:], 3)
+  candidate = rank.Candidate("random", resnet.from_config(MODEL, task.num_classes), variables,
+                             task.mean, task.std, False, {})
+  feats = {name: rank.features(candidate, split, task.num_classes, place, 16)
+           for name, place in (("one", one), ("eight", eight), ("pmap8", pmap8))}
+  diff = {name: max(float(np.max(np.abs(feats[name][k] - feats["one"][k]))) for k in feats["one"])
+          for name in ("eight", "pmap8")}
+  return {"shapes": {k: list(v.shape) for k, v in feats["one"].items()}, **diff}
+
+
 def main(out_path: str, cache: str) -> None:
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -243,6 +258,7 @@ def main(out_path: str, cache: str) -> None:
             "resume": resume_check(task, os.path.dirname(os.path.abspath(out_path)), one, eight,
                                    pmap8),
             "batch_error": batch_error_check(task, eight),
+            "rank": rank_check(task, one, eight, pmap8),
             "tiny_four_devices": tiny_on_four_devices(os.path.dirname(os.path.abspath(out_path)))}
   with open(out_path, "w") as f:
     json.dump(result, f, indent=1)

@@ -12,12 +12,12 @@ identical to one already run is not run twice. What a test changes, and nothing 
   environment the tests run in (`TLFLAX_VENV`, so launch.sh runs that one's python);
 - a command that trains (`--mode=pretrain|scratch|transfer|compare` with a `--config`) gets
   `TINY` appended: one epoch per phase of fewer images, and one seed, so the suite stays fast;
+  so does `--mode=rank`, whose target split must match the runs it is checked against;
 - a python line `print(...)  # TEXT` must print TEXT.
 """
 
 import ast
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -35,7 +35,8 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 GENERATED = {REPO / "docs" / "config.md", REPO / "docs" / "design.md"}
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```",
                    re.DOTALL | re.MULTILINE)
-TRAINING = re.compile(r"--mode=(pretrain|scratch|transfer|compare)\b")
+# rank trains nothing but reads the target split, which must match the runs it is checked against.
+TRAINING = re.compile(r"--mode=(pretrain|scratch|transfer|compare|rank)\b")
 # key: what is appended (the smoke configs' data, cut to a few steps of one epoch).
 TINY = {"source.epochs": "--config.source.epochs=1", "target.epochs": "--config.target.epochs=1",
         "source.train_split": "--config.source.train_split=train[:512]",
@@ -110,7 +111,8 @@ def test_shrink_appends_the_tiny_sizes_to_training_commands_only():
   body = ("./launch.sh local --mode=compare --config=smoke --workdir=/tmp/c   # the study\n"
           "tlflax --mode=transfer --config=smoke \\\n  --config.model.width=16\n"
           "./launch.sh local --mode=evaluate --model=/tmp/c/x --workdir=/tmp/c\n"
-          "tlflax --mode=compare --config=smoke '--config.seeds=(1,)'")
+          "tlflax --mode=compare --config=smoke '--config.seeds=(1,)'\n"
+          "tlflax --mode=rank --config=smoke --workdir=/tmp/c")
   out = shrink(body).splitlines()
   tiny = " ".join(TINY.values())
   assert out[0] == ("./launch.sh local --mode=compare --config=smoke --workdir=/tmp/c "
@@ -119,6 +121,7 @@ def test_shrink_appends_the_tiny_sizes_to_training_commands_only():
   assert out[2] == f"  --config.model.width=16 {tiny}"
   assert out[3] == body.splitlines()[3]
   assert out[4] == f"tlflax --mode=compare --config=smoke '--config.seeds=(1,)' {tiny}"
+  assert out[5] == f"tlflax --mode=rank --config=smoke --workdir=/tmp/c {tiny}"
   budgets = shrink("tlflax --mode=compare --config=smoke --config.target.epochs=2 "
                    "--config.label_budgets=(5,0)")
   assert "train[:1024]" not in budgets and budgets.count("target.epochs") == 1
@@ -175,6 +178,13 @@ def test_every_runnable_block_runs_as_written(tmp_path):
   assert (root / "study" / "report" / "labels.png").exists()
   pets = json.loads((root / "pets_run" / "scratch" / "summary.json").read_text())
   assert pets["class_names"] == ["cat", "dog"]
+  # docs/rank.md: each arm started from its own source (no DIR/pretrain trained), and the three
+  # candidates were matched with their fine-tuned runs.
+  assert not (root / "rank" / "pretrain").exists()
+  ranked = json.loads((root / "rank" / "rank" / "ranking.json").read_text())
+  assert sorted(ranked["fine_tuned"]) == sorted([f"{root}/src1/pretrain", f"{root}/src3/pretrain",
+                                                 "random"])
+  assert ranked["correlation"]["logme"]["n"] == 3
 
 
 # --- the names the docs cite ---------------------------------------------------------------------
@@ -244,18 +254,27 @@ def _defined(tree: ast.AST) -> dict[str, ast.AST | None]:
   return out
 
 
+def _source(parts: list[str]) -> pathlib.Path | None:
+  """The file of module `tlflax.a.b` in this checkout (tlflax.configs is configs/), if any."""
+  folder = REPO / "configs" if parts[:2] == ["tlflax", "configs"] else REPO / "tlflax"
+  rest = parts[2:] if parts[:2] == ["tlflax", "configs"] else parts[1:]
+  base = folder.joinpath(*rest)
+  for path in (base.with_suffix(".py"), base / "__init__.py"):
+    if rest and path.exists() or not rest and path.name == "__init__.py" and path.exists():
+      return path
+  return None
+
+
 def _resolves(dotted: str) -> bool:
-  """Whether `tlflax.a.b.name.attr` names a module and what its source defines, read with ast
-  (importing every CLI module would define their absl flags twice)."""
+  """Whether `tlflax.a.b.name.attr` names a module of this checkout and what its source defines,
+  read with ast: nothing is imported (importing every CLI module would define absl flags twice,
+  and which is imported first would decide what passes)."""
   parts = dotted.split(".")
   for i in range(len(parts), 0, -1):
-    try:
-      spec = importlib.util.find_spec(".".join(parts[:i]))
-    except (ImportError, AttributeError):  # a name inside a module, not a module
+    path = _source(parts[:i])
+    if path is None:
       continue
-    if spec is None or spec.origin is None:
-      continue
-    scope: ast.AST | None = ast.parse(pathlib.Path(spec.origin).read_text())
+    scope: ast.AST | None = ast.parse(path.read_text())
     for attr in parts[i:]:
       names = _defined(scope) if scope is not None else {}
       if attr not in names and not (scope is None and attr):

@@ -33,7 +33,7 @@ RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 # layer behind tlflax.load / tlflax.predict.
 LAZY = ("torch", "huggingface_hub", "wandb", "PIL", "tensorflow",
         "tensorflow_datasets", "matplotlib", "jax.experimental.jax2tf", "orbax.checkpoint",
-        "etils")
+        "etils", "scipy")
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 150
 

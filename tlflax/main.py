@@ -13,6 +13,8 @@ Modes:
             then the report       -> DIR/scratch/seed_N/, DIR/transfer_<arm>/seed_N/, DIR/report/
   report    redraw DIR/report/ from the metrics on disk
   config    print every config key (after the overrides) with its value and meaning, and exit
+  rank      score candidate sources (config.rank.sources) on the target before fine-tuning:
+            LogME, LEEP, NCE, a linear probe, per stage, a suggested freeze -> DIR/rank/
   evaluate  a trained model (--model=PATH) on a split, with per-class figures -> DIR/evaluate/
   predict   a trained model on image files (--input=FOLDER|GLOB|FILES)    -> DIR/predict/
   export    a trained model for serving: jax.export and a SavedModel      -> DIR/export/
@@ -42,10 +44,10 @@ from tlflax.io import storage
 from tlflax.study import experiments
 from tlflax.train import checks, preemption, tracking
 from tlflax.train import phase as phase_lib
-from tlflax.use import evaluate, export, prediction
+from tlflax.use import evaluate, export, prediction, rank
 
-MODES = ("pretrain", "scratch", "transfer", "compare", "report", "config", "evaluate", "predict",
-         "export")
+MODES = ("pretrain", "scratch", "transfer", "compare", "report", "config", "rank", "evaluate",
+         "predict", "export")
 USING = ("evaluate", "predict", "export")  # modes that use a trained model (--model)
 
 FLAGS = flags.FLAGS
@@ -116,6 +118,10 @@ def run(mode: str, config, workdir: str, model: str = "", input_spec: str = ""):
   placement = parallel.Placement.create(config.parallel)
   if mode in USING:
     return _use(mode, config, workdir, model, input_spec, placement)
+  if mode == "rank":
+    out = rank.run(config, workdir, placement)
+    logging.info("rank: wrote %s", out)
+    return out
   if mode == "compare":
     return experiments.run_compare(config, workdir, placement)
   return phase_lib.run_phase(mode, config, workdir, placement=placement)

@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.report = ml_collections.ConfigDict(keys.defaults(keys.REPORT))
   config.evaluate = ml_collections.ConfigDict(keys.defaults(keys.EVALUATE))
   config.predict = ml_collections.ConfigDict(keys.defaults(keys.PREDICT))
+  config.rank = ml_collections.ConfigDict(keys.defaults(keys.RANK))
   config.track = ml_collections.ConfigDict(keys.defaults(keys.TRACK))
   return config
 

@@ -130,6 +130,16 @@ PREDICT = {
     "top_k": (5, "--mode=predict: classes and probabilities per image in predictions.csv"),
     "batch_size": (64, "--mode=predict: images a batch, split over every device"),
 }
+RANK = {
+    "sources": ((), ("--mode=rank: the candidate sources, each a run folder or checkpoint, a "
+                     "safetensors file, hf://ORG/NAME, or 'random' (the configured model, fresh "
+                     "weights: the floor); () ranks the transfer source (transfer.init_from, else "
+                     "DIR/pretrain) against 'random'")),
+    "holdout": (0.2, ("--mode=rank: the fraction of the scored training images the closed-form "
+                      "linear probe is scored on (it is fit on the rest)")),
+    "batch_size": (0, ("--mode=rank: images a feature batch, split over every device (0: "
+                      "target.eval_batch_size)")),
+}
 REPORT = {
     "include_unfinished": (False, ("the report counts unfinished runs too, each experiment cut "
                            "to the epochs its seeds share (default: it lists them)")),
@@ -144,7 +154,7 @@ TRACK = {
 }
 BLOCKS = {"": TOP, "data": DATA, "model": MODEL, "source": PHASE, "target": PHASE,
           "transfer": TRANSFER, "checkpoint": CHECKPOINT, "report": REPORT,
-          "evaluate": EVALUATE, "predict": PREDICT, "track": TRACK}
+          "evaluate": EVALUATE, "predict": PREDICT, "rank": RANK, "track": TRACK}
 
 
 

@@ -32,6 +32,7 @@ def markdown() -> str:
             "transfer": "`transfer`: how the target starts from the source",
             "checkpoint": "`checkpoint`", "report": "`report`",
             "evaluate": "`evaluate`: --mode=evaluate", "predict": "`predict`: --mode=predict",
+            "rank": "`rank`: --mode=rank, which source to start from",
             "track": "`track`: experiment tracking (Weights & Biases)"}
   base = base_config()
   flat = flat_keys(base)

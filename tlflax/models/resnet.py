@@ -95,7 +95,8 @@ class ResNet(nn.Module):
   padding: str = "torch"
 
   @nn.compact
-  def __call__(self, x, train: bool = False, features_only: bool = False):
+  def __call__(self, x, train: bool = False, features_only: bool = False,
+               stage_features: bool = False):
     def conv(features: int, kernel: int, strides: int, name: str):
       pad = "SAME" if self.padding == "same" else [(kernel // 2, kernel // 2)] * 2
       return nn.Conv(features, (kernel, kernel), (strides, strides), padding=pad, use_bias=False,
@@ -120,15 +121,19 @@ class ResNet(nn.Module):
     if imagenet:  # padded with -inf, as PyTorch's MaxPool2d(3, 2, 1)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = unit_done(x, 0)
+    taps = {}
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         name = f"stage{i + 1}_block{j + 1}"
         x = self.block_cls(self.width * 2**i, strides, conv, norm_at(f"{name}/"), name=name)(x)
       x = unit_done(x, i + 1)
+      taps[f"stage{i + 1}"] = jnp.asarray(jnp.mean(x, axis=(1, 2)), jnp.float32)
     x = jnp.mean(x, axis=(1, 2))
     if features_only:  # what the head sees, for a cached linear probe (probe.py)
       return jnp.asarray(x, jnp.float32)
+    if stage_features:  # every stage's output, pooled, and the logits (transferability scores)
+      return {**taps, "logits": head_logits(self, None, x)}
     return head_logits(self, None, x)
 
 

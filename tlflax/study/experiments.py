@@ -1,9 +1,9 @@
 """The study (`--mode=compare`): scratch and every transfer arm, at every label budget, for every
-seed, all from one pretraining; then the report.
+seed, each arm from one source (DIR/pretrain, shared, or its own `init_from`); then the report.
 
 Every (experiment, seed) is a run folder of its own, `DIR/<experiment>/seed_<N>`, named
   scratch[_<B>shot]            from random weights
-  transfer_<arm>[_<B>shot]     from the pretraining, with `config.arms[arm]` applied to
+  transfer_<arm>[_<B>shot]     from the arm's source, with `config.arms[arm]` applied to
                                `config.transfer`
 where B is the label budget (examples per class; no suffix: all of them). A rerun reuses every
 finished folder and resumes an interrupted one, so adding an arm, a budget or a seed to a config
