@@ -232,16 +232,20 @@ def batch_error_check(task, eight) -> str:
 
 def rank_check(task, one, eight, pmap8) -> dict:
   """--mode=rank's features of 37 images (not a multiple of 8: the last batch is padded) on 8
-  devices, under shard_map and pmap, against one device."""
+  devices, under shard_map and pmap, from the split on the devices and streamed from the host,
+  against one device."""
   from tlflax.use import rank
   split = task_lib.Split(task.test.images, task.test.labels)
   variables = resnet.init_variables(MODEL, task.num_classes, split.images.shape[1:], 3)
   candidate = rank.Candidate("random", resnet.from_config(MODEL, task.num_classes), variables,
                              task.mean, task.std, False, {})
-  feats = {name: rank.features(candidate, split, task.num_classes, place, 16)
-           for name, place in (("one", one), ("eight", eight), ("pmap8", pmap8))}
+  stream = config_lib.data_config(pipeline="stream")
+  feats = {name: rank.features(candidate, split, task.num_classes, place, 16, data)
+           for name, place, data in (("one", one, None), ("eight", eight, None),
+                                     ("pmap8", pmap8, None), ("eight_stream", eight, stream),
+                                     ("pmap8_stream", pmap8, stream))}
   diff = {name: max(float(np.max(np.abs(feats[name][k] - feats["one"][k]))) for k in feats["one"])
-          for name in ("eight", "pmap8")}
+          for name in ("eight", "pmap8", "eight_stream", "pmap8_stream")}
   return {"shapes": {k: list(v.shape) for k, v in feats["one"].items()}, **diff}
 
 

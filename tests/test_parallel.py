@@ -102,11 +102,11 @@ def test_transfer_source_restores_onto_every_device_of_the_mesh(eight):
   assert eight["resume"]["init_from_devices"] == 8
 
 
-def test_rank_features_on_8_devices_equal_one_device_in_example_order(eight):
+def test_rank_features_on_8_devices_and_streamed_equal_one_device_in_example_order(eight):
   rank = eight["rank"]
   assert rank["shapes"] == {"stage1": [37, 4], "stage2": [37, 8], "stage3": [37, 16],
                             "stage4": [37, 32], "probs": [37, 10]}
-  assert rank["eight"] < 1e-5 and rank["pmap8"] < 1e-5
+  assert all(rank[name] < 1e-5 for name in ("eight", "pmap8", "eight_stream", "pmap8_stream"))
 
 
 def test_a_batch_that_does_not_split_over_the_devices_names_the_nearest_sizes(eight):

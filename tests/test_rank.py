@@ -204,18 +204,51 @@ def test_a_workdir_is_ranked_and_checked_against_its_fine_tuned_runs(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     ({"rank.sources": ("random", "random")}, "names random twice"),
     ({"rank.sources": ("random", "/no/such/run")}, "/no/such/run"),
+    ({"rank.sources": ("TMP/vit.safetensors",)}, "is not a ResNet in torchvision / timm layout"),
     ({"target.train_split": "train[:1]"}, "fewer than two classes"),
     ({"rank.holdout": 1.0}, "config.rank.holdout must lie strictly between 0 and 1"),
     ({"rank.sources": ("random", "")}, "config.rank.sources must be a tuple"),
 ])
 def test_bad_candidates_and_targets_are_refused_before_any_work(tmp_path, overrides, message):
+  from safetensors.numpy import save_file
+
   from tlflax.config import files
   from tlflax.train import checks
+  # A weights file of another architecture: no ResNet's tensor names.
+  save_file({"blocks.0.weight": np.zeros((3, 3), np.float32)}, str(tmp_path / "vit.safetensors"))
   config = files.load("smoke")
   for key, value in overrides.items():
+    value = tuple(v.replace("TMP", str(tmp_path)) for v in value) if key == "rank.sources" else value
     block, name = key.split(".")
     config[block][name] = value
   with pytest.raises(UserError, match=message):
     checks.validate(config)
     rank.run(config, str(tmp_path))
-  assert not (tmp_path / "rank").exists()
+  assert not (tmp_path / "rank").exists() and not (tmp_path / "pretrain").exists()
+
+
+def test_streamed_features_equal_those_from_the_devices(caplog):
+  """Images too large for the device budget (data.pipeline='auto') are streamed from the host:
+  the same features, in example order, with the last batch padded (21 images, batches of 8)."""
+  from tlflax import config as config_lib
+  from tlflax import parallel
+  from tlflax.data import task as task_lib
+  from tlflax.models import resnet
+  rng = np.random.default_rng(0)
+  split = task_lib.Split(rng.integers(0, 256, (21, 8, 8, 3), dtype=np.uint8),
+                         rng.integers(0, 10, 21).astype(np.int32))
+  model_cfg = config_lib.model_config(name="resnet10", width=4, dtype="float32")
+  candidate = rank.Candidate("random", resnet.from_config(model_cfg, 10),
+                             resnet.init_variables(model_cfg, 10, (8, 8, 3), 0),
+                             np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32), False, {})
+  placement = parallel.Placement.create("shard_map")
+  on_devices = rank.features(candidate, split, 10, placement, 8)
+  tiny_budget = config_lib.data_config(device_budget_gb=1e-6)  # ~1 KiB: 4 KiB of images stream
+  with caplog.at_level("INFO"):
+    streamed = rank.features(candidate, split, 10, placement, 8, tiny_budget)
+  assert "streaming batches from host memory" in caplog.text
+  assert sorted(streamed) == ["probs", "stage1", "stage2", "stage3", "stage4"]
+  for key, value in on_devices.items():
+    assert value.shape[0] == 21 and streamed[key].shape == value.shape
+    np.testing.assert_allclose(streamed[key], value, atol=1e-6)
+  assert np.ptp(on_devices["stage4"], axis=0).max() > 0  # the images differ, so do the rows

@@ -189,7 +189,7 @@ def eval_step_on_data(variables: dict, data: dict, rows: jax.Array, index, *, mo
                    axis_name=axis_name)
 
 
-def _as_on_device(data: dict, batch: dict) -> tuple[dict, jax.Array]:
+def as_on_device(data: dict, batch: dict) -> tuple[dict, jax.Array]:
   """A streamed batch (this shard's (1, b, ...) columns) as the on-device data of `b` examples
   and a one-row table of their rows, so the `_on_data` steps take it unchanged."""
   local = {**data, "images": batch["images"][0], "labels": batch["labels"][0]}
@@ -201,13 +201,13 @@ def train_step_on_batch(state: TrainState, data: dict, batch: dict, **kwargs
   """Per shard: `train_step_on_data` on a batch streamed from the host (`data/feeds.py`): `batch`
   holds this shard's examples of the global batch, `data` the normalisation and `aug_key`. Each
   example gets the augmentation key of its position in the global batch, as on the device path."""
-  return train_step_on_data(state, *_as_on_device(data, batch), **kwargs)
+  return train_step_on_data(state, *as_on_device(data, batch), **kwargs)
 
 
 def eval_step_on_batch(variables: dict, data: dict, batch: dict, index, **kwargs) -> dict:
   """Per shard: `eval_step_on_data` on a streamed evaluation batch (`index` is unused, 0)."""
   del index
-  return eval_step_on_data(variables, *_as_on_device(data, batch), 0, **kwargs)
+  return eval_step_on_data(variables, *as_on_device(data, batch), 0, **kwargs)
 
 
 def zero_metrics() -> dict:

@@ -3,10 +3,11 @@
 Each candidate in `config.rank.sources` (a tlflax run folder or checkpoint, a safetensors file,
 hf://ORG/NAME, or `random`: the configured model with fresh weights, the floor) runs once over
 the target's training images (its label budget applied, at the target's image size, normalised
-with the candidate's own statistics), on every device, batch by batch. Its pooled output after
-every stage of the backbone, and its softmax over its own classes, are scored on the host
-(`tlflax.use.scores`): LogME and a closed-form linear probe at every stage, LEEP and NCE from its
-own head (not for `random`, whose head has no classes of its own). The deepest stage that fits
+with the candidate's own statistics), on every device, batch by batch: from the split on the
+devices, or streamed from the host where `config.data` would stream a training run's. Its pooled
+output after every stage of the backbone, and its softmax over its own classes, are scored on the
+host (`tlflax.use.scores`): LogME and a closed-form linear probe at every stage, LEEP and NCE from
+its own head (not for `random`, whose head has no classes of its own). The deepest stage that fits
 the target best says how much of the network to freeze (`suggest`). `tlflax.use.ranking` writes
 DIR/rank/ and, where the workdir holds runs fine-tuned from some of the candidates, how well each
 score's order agreed with theirs.
@@ -96,14 +97,32 @@ def _taps(variables, data, rows, index, *, model, axis_name=None):
   return jax.tree.map(whole, taps)
 
 
+def _taps_on_batch(variables, data, batch, index, *, model, axis_name=None):
+  """Per shard: `_taps` on a batch streamed from the host (`data/feeds.py`'s `StreamFeed`)."""
+  del index
+  return _taps(variables, *steps.as_on_device(data, batch), 0, model=model, axis_name=axis_name)
+
+
 def features(candidate: Candidate, split: task_lib.Split, num_classes: int, placement,
-             batch_size: int) -> dict[str, np.ndarray]:
-  """{'stage1': (N, C1), ..., 'probs': (N, K)} of the candidate on `split`, in example order."""
-  task = task_lib.Task("rank", split, split, num_classes, candidate.mean, candidate.std)
-  data, rows, parts = feeds.place_eval(placement, task, batch_size)
-  fn = placement.spmd(functools.partial(_taps, model=candidate.model), 4, split=(2,))
+             batch_size: int, data_cfg=None) -> dict[str, np.ndarray]:
+  """{'stage1': (N, C1), ..., 'probs': (N, K)} of the candidate on `split`, in example order.
+
+  The split goes on the devices, or is streamed to them batch by batch from the host when
+  `data_cfg` (config.data) says so: `data.pipeline`, or under 'auto' a split larger than the
+  device budget, as training decides (`feeds.choose`). Only the pooled features come back."""
+  empty = task_lib.Split(split.images[:0], split.labels[:0])  # nothing to train: only `split`
+  task = task_lib.Task("rank", empty, split, num_classes, candidate.mean, candidate.std)
+  kind, why = feeds.choose(data_cfg, task, placement) if data_cfg is not None else ("device", "")
+  if kind == "stream":
+    logging.info("[rank] %s: streaming batches from host memory (%s)", candidate.name, why)
+    feed = feeds.StreamFeed(placement, task, batch_size, data_cfg.prefetch)
+    taps, args = _taps_on_batch, feed.eval_batches()(*feed.parts["test"])
+  else:
+    data, rows, parts = feeds.place_eval(placement, task, batch_size)
+    taps, args = _taps, ((data, rows, np.int32(i)) for i in range(*parts["test"]))
+  fn = placement.spmd(functools.partial(taps, model=candidate.model), 4, split=(2,))
   variables = placement.replicate(jax.device_get(candidate.variables))
-  chunks = [jax.device_get(fn(variables, data, rows, np.int32(i))) for i in range(*parts["test"])]
+  chunks = [jax.device_get(fn(variables, *a)) for a in args]
   return {k: np.concatenate([c[k] for c in chunks])[:len(split)] for k in chunks[0]}
 
 
@@ -170,7 +189,7 @@ def run(config, workdir: str, placement=None) -> str:
   results = []
   for i, c in enumerate(candidates):
     t0 = time.perf_counter()
-    feats = features(c, task.train, task.num_classes, placement, batch)
+    feats = features(c, task.train, task.num_classes, placement, batch, config.data)
     t1 = time.perf_counter()
     result = score(feats, labels, task.num_classes, c.own_head, split)
     t2 = time.perf_counter()
