@@ -149,6 +149,7 @@ def test_every_runnable_block_runs_as_written(tmp_path):
          "PATH": f"{venv}/bin:{os.environ['PATH']}", "WANDB_SILENT": "true"}
   seen = set()
   ran = []
+  checkout = {p.name for p in REPO.iterdir()}
   for path, line, lang, body in _runnable():
     where = f"{path.relative_to(REPO)}:{line}"
     if body in seen:
@@ -169,6 +170,8 @@ def test_every_runnable_block_runs_as_written(tmp_path):
         assert expected.strip() in result.stdout, f"{where}: {expected!r} not printed"
     ran.append(where)
   assert len(ran) >= 10
+  # launch.sh runs in the checkout: what a documented command writes goes to /tmp, not there.
+  assert {p.name for p in REPO.iterdir()} - checkout <= {"tlflax.egg-info"}
   # What the commands promise to leave behind: the quick start's report judges the three claims,
   # predict wrote its one folder, the two-budget study drew labels.png, the pets run trained.
   claims = json.loads((root / "c" / "report" / "summary.json").read_text())["claims"]
