@@ -252,3 +252,31 @@ def test_streamed_features_equal_those_from_the_devices(caplog):
     assert value.shape[0] == 21 and streamed[key].shape == value.shape
     np.testing.assert_allclose(streamed[key], value, atol=1e-6)
   assert np.ptp(on_devices["stage4"], axis=0).max() > 0  # the images differ, so do the rows
+
+
+def test_fine_tuned_runs_count_each_seed_once_as_the_report_does(tmp_path):
+  """A study's scratch/seed_0 and a single-mode DIR/scratch of the same seed are one seed (the
+  study's wins, as in the report); a run on other target data, or unfinished, is not counted."""
+  from tlflax.config import files
+  from tlflax.io import rundir
+  config = files.load("smoke")
+  target = {k: config.target[k] for k in ranking.DATA_KEYS}
+
+  def run(folder, seed, accuracy, study=None, finished=True, **changed):
+    path = tmp_path / folder
+    path.mkdir(parents=True, exist_ok=True)
+    record = {"mode": "scratch", "seed": seed, "target": {**target, **changed}}
+    if study:
+      record["study"] = {"experiment": study}
+    rundir.write_json(str(path / "config.json"), record)
+    if finished:
+      rundir.write_json(str(path / "summary.json"), {"final": {"test_accuracy": accuracy}})
+
+  run("scratch/seed_0", 0, 0.25, study="scratch")
+  run("scratch/seed_1", 1, 0.75, study="scratch")
+  run("scratch", 0, 0.5)  # single-mode, seed 0 again
+  run("scratch/seed_2", 2, 0.9, study="scratch", finished=False)
+  run("other/seed_3", 3, 0.1, study="scratch", image_size=64)
+  candidates = [rank.Candidate("random", None, {}, None, None, False, {})]
+  tuned = ranking.fine_tuned(str(tmp_path), candidates, config)
+  assert tuned == {"random": {"accuracy": 0.5, "experiments": {"scratch": [0.25, 0.75]}}}

@@ -12,6 +12,7 @@ Rules:
 - A folder that a failed start created and left without anything trained in it is removed.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -202,3 +203,33 @@ def experiment_name(mode: str, arm: str | None, budget: int) -> str:
   examples per class."""
   base = "scratch" if mode == "scratch" else f"transfer_{arm}" if arm else "transfer"
   return base + (f"_{budget}shot" if budget else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetRun:
+  """A scratch or transfer run folder of a workdir, finished (summary.json) or not."""
+
+  name: str  # its experiment: the study's name for it, else scratch / transfer (_<B>shot)
+  run_dir: str
+  seeded: bool  # a study's seed_N folder (wins over a single-mode folder of the same seed)
+  config: dict  # its config.json
+  budget: int  # target.examples_per_class (0: all)
+  finished: bool
+
+
+def target_runs(workdir: str) -> list[TargetRun]:
+  """Every scratch or transfer run folder of `workdir` that has a config.json:
+  `DIR/<experiment>/seed_N/` (as `--mode=compare` writes them) and `DIR/scratch/`,
+  `DIR/transfer/` (single-mode runs). The report and `--mode=rank` read the runs through it."""
+  found = []
+  for base in storage.glob(workdir, "*"):
+    for run_dir in [base] + storage.glob(base, "seed_*"):
+      config = read_json(storage.join(run_dir, "config.json")) or {}
+      if config.get("mode") not in ("scratch", "transfer"):
+        continue
+      budget = int((config.get("target") or {}).get("examples_per_class") or 0)
+      name = (config.get("study") or {}).get("experiment") or experiment_name(
+          config["mode"], None, budget)  # a single-mode run: DIR/scratch or DIR/transfer
+      found.append(TargetRun(name, run_dir, run_dir != base, config, budget,
+                             finished(run_dir) is not None))
+  return found

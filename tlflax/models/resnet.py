@@ -128,7 +128,8 @@ class ResNet(nn.Module):
         name = f"stage{i + 1}_block{j + 1}"
         x = self.block_cls(self.width * 2**i, strides, conv, norm_at(f"{name}/"), name=name)(x)
       x = unit_done(x, i + 1)
-      taps[f"stage{i + 1}"] = jnp.asarray(jnp.mean(x, axis=(1, 2)), jnp.float32)
+      if stage_features:
+        taps[f"stage{i + 1}"] = jnp.asarray(jnp.mean(x, axis=(1, 2)), jnp.float32)
     x = jnp.mean(x, axis=(1, 2))
     if features_only:  # what the head sees, for a cached linear probe (probe.py)
       return jnp.asarray(x, jnp.float32)

@@ -70,9 +70,10 @@ def run_compare(config, workdir: str, placement=None) -> str:
   sources = {}  # init_from -> Source: arms that name another source start from it, not DIR/pretrain
   for arm in config_lib.arm_names(config):
     arm_config = config_lib.with_arm(config, arm)
-    if arm_config.transfer.init_from not in sources:
-      sources[arm_config.transfer.init_from] = source_lib.resolve(arm_config, workdir)
-      phase_lib.prepare_source(sources[arm_config.transfer.init_from], workdir, placement)
+    init_from = arm_config.transfer.init_from
+    if init_from not in sources:
+      sources[init_from] = source_lib.resolve(arm_config, workdir)
+      phase_lib.prepare_source(sources[init_from], workdir, placement)
   for seed in config.seeds:
     for exp in todo:
       run_config = exp.config(config, seed)

@@ -49,36 +49,12 @@ class _Group:
   arm_order: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class _Folder:
-  """A scratch or transfer run folder of the workdir, finished (summary.json) or not."""
-
-  name: str  # its experiment
-  run_dir: str
-  seeded: bool  # a study's seed_N folder (wins over a single-mode folder of the same seed)
-  config: dict
-  budget: int
-  finished: bool
-
-
-def _folders(workdir: str) -> list[_Folder]:
+def _folders(workdir: str) -> list[rundir.TargetRun]:
   """Every scratch or transfer run folder of `workdir` with metrics or a summary."""
-  found = []
-  for base in storage.glob(workdir, "*"):
-    for run_dir in [base] + storage.glob(base, "seed_*"):
-      config = read_json(storage.join(run_dir, "config.json")) or {}
-      finished = rundir.finished(run_dir) is not None
-      if config.get("mode") not in ("scratch", "transfer") or not (
-          finished or read_metrics(run_dir)):
-        continue
-      budget = int((config.get("target") or {}).get("examples_per_class") or 0)
-      name = (config.get("study") or {}).get("experiment") or rundir.experiment_name(
-          config["mode"], None, budget)  # a single-mode run: DIR/scratch or DIR/transfer
-      found.append(_Folder(name, run_dir, run_dir != base, config, budget, finished))
-  return found
+  return [f for f in rundir.target_runs(workdir) if f.finished or read_metrics(f.run_dir)]
 
 
-def _groups(folders: list[_Folder]) -> dict[str, _Group]:
+def _groups(folders: list[rundir.TargetRun]) -> dict[str, _Group]:
   """The experiments of `folders`, each seed counted once: a seed_N folder wins over a
   single-mode run folder of the same seed."""
   groups: dict[str, _Group] = {}
@@ -109,7 +85,7 @@ def _planned_epochs(config: dict, records: list[dict]) -> int | None:
   return int(epochs)
 
 
-def _unfinished(workdir: str, f: _Folder) -> dict:
+def _unfinished(workdir: str, f: rundir.TargetRun) -> dict:
   """How far an unfinished run folder got, and why it stopped where its metrics say."""
   records, events = read_metrics(f.run_dir), read_events(f.run_dir)
   last = events[-1] if events else None

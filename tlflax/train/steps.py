@@ -69,6 +69,17 @@ def sum_over(x, axis_name):
   return jax.lax.psum(x, axis_name) if axis_name else x
 
 
+def whole_batch(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """Per shard: this shard's rows of a batch put at their positions in the global batch
+  (`batches.batch_positions`) and summed over the shards, so every device holds the whole batch
+  in order."""
+  if axis_name is None:
+    return x
+  size = x.shape[0] * jax.lax.axis_size(axis_name)
+  whole = jnp.zeros((size,) + x.shape[1:], x.dtype)
+  return sum_over(whole.at[batches.batch_positions(x.shape[0], axis_name)].set(x), axis_name)
+
+
 def per_shard(tree, axis_name):
   """`tree` typed as differing between shards, so that jax.grad returns this shard's gradient.
 

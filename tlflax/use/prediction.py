@@ -23,12 +23,11 @@ import re
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from tlflax import parallel
-from tlflax.data import batches, sources
+from tlflax.data import sources
 from tlflax.errors import UserError
 from tlflax.io import storage
 from tlflax.train import steps
@@ -99,11 +98,7 @@ def _probabilities(variables, images, *, serve, axis_name=None):
   """Per shard: the probabilities the exported model serves (`export.serving_function`) for this
   shard's images, put at their positions in the global batch and summed over the shards (every
   device then holds the whole batch's)."""
-  probs = serve(variables, images[0])
-  size = probs.shape[0] * (jax.lax.axis_size(axis_name) if axis_name else 1)
-  whole = jnp.zeros((size, probs.shape[1]), probs.dtype)
-  whole = whole.at[batches.batch_positions(probs.shape[0], axis_name)].set(probs)
-  return steps.sum_over(whole, axis_name)
+  return steps.whole_batch(serve(variables, images[0]), axis_name)
 
 
 def as_images(images) -> np.ndarray:

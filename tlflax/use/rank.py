@@ -19,7 +19,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -80,21 +79,12 @@ def load_candidates(names: list[str], config, task: task_lib.Task) -> list[Candi
 
 
 def _taps(variables, data, rows, index, *, model, axis_name=None):
-  """Per shard: every stage's pooled output and the softmax of batch `index`, each shard's rows
-  written at its place in the whole batch and summed over the shards (as the cached probe's
-  features are), so every device holds the batch in order."""
+  """Per shard: every stage's pooled output and the softmax of batch `index`, the whole batch's
+  in order on every device (`steps.whole_batch`)."""
   batch = batches.shard_eval_batch(data, rows[index])
   taps = model.apply(variables, batch["image"], train=False, stage_features=True)
   taps["probs"] = jax.nn.softmax(taps.pop("logits"), axis=-1)
-  if axis_name is None:
-    return taps
-  shard, count = jax.lax.axis_index(axis_name), jax.lax.axis_size(axis_name)
-
-  def whole(x):
-    out = jnp.zeros((x.shape[0] * count,) + x.shape[1:], x.dtype)
-    return steps.sum_over(jax.lax.dynamic_update_slice_in_dim(out, x, shard * x.shape[0], 0),
-                          axis_name)
-  return jax.tree.map(whole, taps)
+  return jax.tree.map(lambda x: steps.whole_batch(x, axis_name), taps)
 
 
 def _taps_on_batch(variables, data, batch, index, *, model, axis_name=None):
@@ -139,13 +129,14 @@ def score(feats: dict, labels: np.ndarray, num_classes: int, own_head: bool,
   'probe' (the last stage: the pooled features), 'leep', 'nce' (None without a head of its own)}."""
   fit, held = split
   stages = {}
-  for name in sorted(k for k in feats if k.startswith("stage")):
+  names = ranking.stage_names(feats)
+  for name in names:
     f = feats[name]
     stages[name] = {
         "logme": scores.logme(f, labels, num_classes),
         "probe": scores.ridge_probe(f[fit], labels[fit], f[held], labels[held],
                                     num_classes)["accuracy"]}
-  last = stages[max(stages, key=lambda s: int(s[len("stage"):]))]
+  last = stages[names[-1]]
   out = {"stages": stages, "logme": last["logme"], "probe": last["probe"], "leep": None,
          "nce": None}
   if own_head:
@@ -159,13 +150,13 @@ def suggest(stage_logme: dict, floor: dict | None) -> dict:
   among those where it beats the random floor (all of them without one) is the prefix worth
   keeping as it is; `stages:k`, or `backbone` when the last stage scores best (the pooled
   features fit the target best: a source close to it); `none` where it beats the floor nowhere."""
-  names = sorted(stage_logme, key=lambda s: int(s[len("stage"):]))
+  names = ranking.stage_names(stage_logme)
   better = [s for s in names if floor is None or stage_logme[s] > floor[s]]
   if not better:
     return {"freeze": "none", "stage": 0,
             "why": "its features fit the target no better than random ones at any stage"}
-  best = max(better, key=lambda s: (stage_logme[s], int(s[len("stage"):])))
-  k = int(best[len("stage"):])
+  best = max(better, key=lambda s: (stage_logme[s], ranking.stage_number(s)))
+  k = ranking.stage_number(best)
   freeze = "backbone" if k == len(names) else f"stages:{k}"
   above = "" if floor is None else f", {stage_logme[best] - floor[best]:+.4f} over random"
   why = f"LogME is highest after stage {k} ({stage_logme[best]:.4f}{above})"
@@ -195,7 +186,7 @@ def run(config, workdir: str, placement=None) -> str:
     t2 = time.perf_counter()
     result.update(name=c.name, model=c.info.get("model"), width=c.info.get("width"),
                   features_s=t1 - t0, scores_s=t2 - t1,
-                  dims={k: int(v.shape[1]) for k, v in feats.items() if k.startswith("stage")})
+                  dims={k: int(feats[k].shape[1]) for k in ranking.stage_names(feats)})
     logging.info("[rank] %d/%d %s: LogME %.4f, probe %.4f%s (features %.1fs, scores %.1fs)",
                  i + 1, len(candidates), c.name, result["logme"], result["probe"],
                  "" if result["leep"] is None else f", LEEP {result['leep']:.4f}",

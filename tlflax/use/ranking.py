@@ -25,20 +25,14 @@ SCORES = ("logme", "leep", "nce", "probe")
 DATA_KEYS = ("dataset", "train_split", "test_split", "examples_per_class", "image_size")
 
 
-def _runs(workdir: str) -> list[str]:
-  """Run folders under `workdir` (DIR/<experiment>/ and DIR/<experiment>/seed_N/) that finished."""
-  out = []
-  if not storage.isdir(workdir):
-    return out
-  for name in storage.listdir(workdir):
-    folder = storage.join(workdir, name)
-    if name in ("rank", "report", "evaluate", "predict", "export") or not storage.isdir(folder):
-      continue
-    for run in [folder] + [storage.join(folder, s) for s in storage.listdir(folder)
-                           if s.startswith("seed_")]:
-      if rundir.finished(run) is not None:
-        out.append(run)
-  return out
+def stage_number(name: str) -> int:
+  """k of 'stagek': where the stage sits in the network."""
+  return int(name[len("stage"):])
+
+
+def stage_names(names) -> list[str]:
+  """The stage names among `names` ('stage1', ..., not 'probs'), in network order."""
+  return sorted((n for n in names if n.startswith("stage")), key=stage_number)
 
 
 def _owner(config: dict, candidates) -> str | None:
@@ -59,23 +53,22 @@ def _owner(config: dict, candidates) -> str | None:
 
 def fine_tuned(workdir: str, candidates, config) -> dict:
   """{candidate: {'accuracy': best experiment's mean final test accuracy, 'experiments':
-  {name: [accuracy per seed]}}} of the runs in `workdir` fine-tuned on today's target data."""
+  {name: [accuracy per seed]}}} of the finished runs in `workdir` (`rundir.target_runs`, each
+  seed of an experiment counted once, as the report counts it) fine-tuned on today's target
+  data."""
   want = {k: config.target[k] for k in DATA_KEYS}
-  found: dict = {}
-  for run in _runs(workdir):
-    record = rundir.read_json(storage.join(run, "config.json")) or {}
-    target = record.get("target") or {}
-    if {k: target.get(k) for k in DATA_KEYS} != want:
+  found: dict = {}  # owner -> experiment -> seed -> accuracy
+  for run in sorted(rundir.target_runs(workdir), key=lambda r: not r.seeded):  # seeded first
+    target = run.config.get("target") or {}
+    owner = _owner(run.config, candidates)
+    if not run.finished or owner is None or {k: target.get(k) for k in DATA_KEYS} != want:
       continue
-    owner = _owner(record, candidates)
-    summary = rundir.finished(run)
-    accuracy = (summary.get("final") or {}).get("test_accuracy")
-    if owner is None or accuracy is None or not math.isfinite(accuracy):
-      continue
-    parts = run.rstrip("/").split("/")
-    experiment = parts[-2] if parts[-1].startswith("seed_") else parts[-1]
-    found.setdefault(owner, {}).setdefault(experiment, []).append(float(accuracy))
-  return {name: {"accuracy": max(float(np.mean(v)) for v in exps.values()), "experiments": exps}
+    accuracy = (rundir.finished(run.run_dir).get("final") or {}).get("test_accuracy")
+    if accuracy is not None and math.isfinite(accuracy):
+      seeds = found.setdefault(owner, {}).setdefault(run.name, {})
+      seeds.setdefault(run.config.get("seed"), float(accuracy))
+  return {name: {"accuracy": max(float(np.mean(list(s.values()))) for s in exps.values()),
+                 "experiments": {e: list(s.values()) for e, s in exps.items()}}
           for name, exps in found.items()}
 
 
@@ -122,7 +115,7 @@ def markdown(target: dict, results: list[dict], tuned: dict, corr: dict) -> str:
                  f" | `{suggestion}` | {r['features_s']:.1f} | {r['scores_s']:.1f} |")
   lines += ["", "## How deep each source stays useful", "",
             "LogME (and the probe's held-out accuracy) of the pooled output after each stage:", ""]
-  stages = sorted(order[0]["stages"], key=lambda s: int(s[len("stage"):]))
+  stages = stage_names(order[0]["stages"])
   lines += ["| source | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
   for r in order:
     cells = [f"{_fmt(r['stages'][s]['logme'])} ({_fmt(r['stages'][s]['probe'], 3)})"
@@ -154,8 +147,8 @@ def plot(results: list[dict], path: str) -> None:
   plt = figures.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
   for r in sorted(results, key=lambda r: -r["logme"]):
-    stages = sorted(r["stages"], key=lambda s: int(s[len("stage"):]))
-    x = [int(s[len("stage"):]) for s in stages]
+    stages = stage_names(r["stages"])
+    x = [stage_number(s) for s in stages]
     for ax, key in zip(axes, ("logme", "probe"), strict=True):
       ax.plot(x, [r["stages"][s][key] for s in stages], marker="o", label=r["name"])
   for ax, label in zip(axes, ("LogME", "linear probe, held-out accuracy"), strict=True):

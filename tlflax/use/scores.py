@@ -107,11 +107,10 @@ def logme_columns(spectrum: Spectrum, targets: np.ndarray, max_iter: int = 1000,
 def logme(features, labels, num_classes: int | None = None) -> float:
   """LogME of `features` (N, D) for integer `labels` (N,): the mean over classes of the maximum
   log evidence per example."""
-  y, c = _labels(labels, num_classes)
+  y, _ = _labels(labels, num_classes)
   spectrum = Spectrum(features)
-  present = np.unique(y)
+  present = np.unique(y)  # a class with no example has no evidence to average
   onehot = (y[:, None] == present[None, :]).astype(np.float64)
-  del c
   return float(np.mean(logme_columns(spectrum, onehot)))
 
 
@@ -163,9 +162,11 @@ def ridge_probe(train_features, train_labels, test_features, test_labels,
   evaluator does)."""
   y, c = _labels(train_labels, num_classes)
   yt = np.asarray(test_labels, np.int64)
-  mean = np.asarray(train_features, np.float64).mean(axis=0)
-  scale = np.asarray(train_features, np.float64).std(axis=0) + 1e-6
-  spectrum = Spectrum((np.asarray(train_features, np.float64) - mean) / scale)
+  fit = np.array(train_features, np.float64)  # a copy, centred and scaled in place
+  mean, scale = fit.mean(axis=0), fit.std(axis=0) + 1e-6
+  fit -= mean
+  fit /= scale
+  spectrum = Spectrum(fit)
   test = (np.asarray(test_features, np.float64) - mean) / scale
   onehot = np.eye(c)[y]
   target = onehot - onehot.mean(axis=0)
