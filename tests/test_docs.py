@@ -262,10 +262,8 @@ def _source(parts: list[str]) -> pathlib.Path | None:
   folder = REPO / "configs" if parts[:2] == ["tlflax", "configs"] else REPO / "tlflax"
   rest = parts[2:] if parts[:2] == ["tlflax", "configs"] else parts[1:]
   base = folder.joinpath(*rest)
-  for path in (base.with_suffix(".py"), base / "__init__.py"):
-    if rest and path.exists() or not rest and path.name == "__init__.py" and path.exists():
-      return path
-  return None
+  return next((path for path in (base.with_suffix(".py"), base / "__init__.py") if path.exists()),
+              None)
 
 
 def _resolves(dotted: str) -> bool:
