@@ -206,7 +206,8 @@ def test_a_workdir_is_ranked_and_checked_against_its_fine_tuned_runs(tmp_path):
     ({"rank.sources": ("random", "/no/such/run")}, "/no/such/run"),
     ({"rank.sources": ("TMP/vit.safetensors",)}, "is not a ResNet in torchvision / timm layout"),
     ({"target.train_split": "train[:1]"}, "fewer than two classes"),
-    ({"rank.holdout": 1.0}, "config.rank.holdout must lie strictly between 0 and 1"),
+    ({"rank.holdout": 1.0}, r"config.rank.holdout must lie strictly between 0 and 1 \(got 1.0\)"),
+    ({"rank.batch_size": -8}, r"config.rank.batch_size must be >= 0 \(got -8;"),
     ({"rank.sources": ("random", "")}, "config.rank.sources must be a tuple"),
 ])
 def test_bad_candidates_and_targets_are_refused_before_any_work(tmp_path, overrides, message):

@@ -29,10 +29,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.evaluate.batch_size < 0 or config.predict.batch_size < 1 or config.predict.top_k < 1:
     raise UserError("config.evaluate.batch_size must be >= 0 (0: the run's), "
                     "config.predict.batch_size and config.predict.top_k >= 1")
-  if not 0 < config.rank.holdout < 1 or config.rank.batch_size < 0:
+  if not 0 < config.rank.holdout < 1:
     raise UserError(f"config.rank.holdout must lie strictly between 0 and 1 (got "
-                    f"{config.rank.holdout}) and config.rank.batch_size be >= 0 (0: "
-                    f"target.eval_batch_size, got {config.rank.batch_size})")
+                    f"{config.rank.holdout}): the probe is fit on the rest, e.g. 0.2")
+  if config.rank.batch_size < 0:
+    raise UserError(f"config.rank.batch_size must be >= 0 (got {config.rank.batch_size}; 0: "
+                    "target.eval_batch_size)")
   if isinstance(config.rank.sources, str) or any(
       not isinstance(s, str) or not s for s in config.rank.sources):
     raise UserError(f"config.rank.sources must be a tuple of paths, hf:// names or 'random', got "
