@@ -125,7 +125,9 @@ def open_run(run_dir: str, mode: str, config, init: dict | None = None,
   """Creates the run folder and its config.json, or checks that an existing one agrees.
 
   Returns the folders this call created (for `discard_untrained`). Every process checks (so all
-  refuse together); process 0 alone writes; all meet afterwards.
+  refuse together), and all have checked before process 0 alone writes: a process still checking
+  would otherwise read no config.json, then list the one just written, and refuse the folder as
+  not a tlflax run (seen on s3 with two processes). All meet again afterwards.
   """
   current = record_of(mode, config, init, study)
   diff = _differences(run_dir, mode, current)
@@ -133,6 +135,7 @@ def open_run(run_dir: str, mode: str, config, init: dict | None = None,
   if diff is None and any(not e.startswith("seed_") for e in storage.listdir(run_dir)):
     raise UserError(f"{run_dir} holds files but no config.json, so it is not a tlflax run: "
                     "choose another --workdir, or move that folder away")
+  parallel.sync(f"checked {run_dir}")
   # Same config: keep the file (it may record the source's checkpoint). Another config but
   # nothing trained under it: replace it.
   created = []
