@@ -15,7 +15,7 @@ what a first call skipped), each skipped once `--budget_s` is spent:
   tests     a slice of the test suite under this machine's jax: steps, freezing and checkpoints
             on the device (tests/test_train.py, test_transfer.py, test_checkpoint.py), then the
             8-device data-parallel checks of tests/test_parallel.py on forced CPU devices
-            (one accelerator cannot hold 8 shards), with pytest from the carried wheels;
+            (one accelerator cannot hold 8 shards), with the interpreter's pytest;
   epochs    synthetic CIFAR-size epochs (50,000 32x32 images, `configs/cifar10_to_cifar100.py`
             with the synthetic datasets, bfloat16, the config's batch) of the pretraining,
             scratch, full transfer, transfer with stages:2 frozen, and the cached probe, each a
@@ -388,7 +388,7 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", help="folder for the figures (created)")
   parser.add_argument("--rehearse", action="store_true", help="tiny sizes, on this machine")
-  parser.add_argument("--budget_s", type=float, default=450.0,
+  parser.add_argument("--budget_s", type=float, default=420.0,
                       help="seconds after which the remaining parts are skipped")
   parser.add_argument("--parts", default=",".join(PARTS),
                       help=f"the parts to run, comma-separated, of {','.join(PARTS)}")

@@ -4,15 +4,15 @@
 #   benchmarks/gpu.sh --here OUT_DIR [--rehearse] [--budget_s=S] [--parts=...] [--work=DIR]
 #     With the current interpreter as it is ($PYTHON, default python3): no venv, no install,
 #     tlflax from this working tree. The wheels in $TLFLAX_WHEELS (default .whl/, made by
-#     ../shared/device/wheels.sh pytest pluggy iniconfig pygments: ml-collections, tensorboardX,
-#     pytest) are installed into a target folder put first on PYTHONPATH. Then
+#     ../shared/device/wheels.sh: ml-collections, tensorboardX) are installed into a target
+#     folder put first on PYTHONPATH (the interpreter brings pytest for the tests part). Then
 #     benchmarks/device_figures.py runs its parts (see its docstring): the bench at batch 512 in
 #     bfloat16 (full, stages:2, cached probe, eval), the smoke study on the device with its frozen
 #     layers checked bitwise, a slice of the test suite under this jax, one synthetic CIFAR-size
 #     epoch of the pretraining, scratch, full transfer, stages:2 and the cached probe (and the
 #     seed's whole study projected from them), the bench at batch 1024; it writes figures.json,
 #     figures.txt, bench_*.json, smoke_report.md and log.txt into OUT_DIR within --budget_s
-#     (default 450) seconds. This is the mode for a lent GPU machine without network.
+#     (default 420) seconds. This is the mode for a lent GPU machine without network.
 #     --rehearse runs the same on this machine's CPU with tiny sizes (TensorFlow hidden, as on
 #     the device).
 #
