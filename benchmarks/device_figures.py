@@ -400,10 +400,12 @@ def main() -> int:
     print(json.dumps(frozen_check(args.frozen_check)))
     return 0
   parts = [x for x in args.parts.split(",") if x]
-  unknown = [x for x in parts if x not in PARTS] + ([] if args.out else ["(no --out)"])
-  if unknown or not parts:
-    print(f"device_figures: error: --parts {args.parts!r} names {unknown or 'nothing'}: use "
-          f"--out=DIR and --parts from {','.join(PARTS)}", file=sys.stderr)
+  unknown = [x for x in parts if x not in PARTS]
+  problem = (f"--parts {args.parts!r} names {unknown or 'nothing'}" if unknown or not parts
+             else "no --out" if not args.out else "")
+  if problem:
+    print(f"device_figures: error: {problem}: use --out=DIR and --parts from {','.join(PARTS)}",
+          file=sys.stderr)
     return 2
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

@@ -163,16 +163,17 @@ def test_a_flag_where_the_folder_belongs_is_one_line_and_exit_2(tmp_path, args, 
   assert not (REPO / "--rehearse").exists()
 
 
-@pytest.mark.parametrize("parts,expected", [
-    ("bench,smok", "--parts 'bench,smok' names ['smok']"),
-    ("", "--parts '' names nothing"),
+@pytest.mark.parametrize("args,expected", [
+    (["--out={out}", "--parts=bench,smok"], "--parts 'bench,smok' names ['smok']"),
+    (["--out={out}", "--parts="], "--parts '' names nothing"),
+    (["--parts=bench"], "no --out"),
 ])
-def test_parts_it_does_not_have_are_one_line_and_exit_2_before_anything_runs(tmp_path, parts,
+def test_parts_it_does_not_have_are_one_line_and_exit_2_before_anything_runs(tmp_path, args,
                                                                             expected):
   out = tmp_path / "out"
-  result = subprocess.run([sys.executable, "benchmarks/device_figures.py", f"--out={out}",
-                           f"--parts={parts}"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, check=False)
+  result = subprocess.run([sys.executable, "benchmarks/device_figures.py",
+                           *(a.format(out=out) for a in args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
   assert result.returncode == 2
   assert result.stderr.count("\n") == 1 and expected in result.stderr
   assert "bench,smoke,tests,epochs,bench_large" in result.stderr  # what it does have
