@@ -217,7 +217,11 @@ class TargetRun:
   seeded: bool  # a study's seed_N folder (wins over a single-mode folder of the same seed)
   config: dict  # its config.json
   budget: int  # target.examples_per_class (0: all)
-  finished: bool
+  summary: dict | None  # its summary.json (None: not finished)
+
+  @property
+  def finished(self) -> bool:
+    return self.summary is not None
 
 
 def target_runs(workdir: str) -> list[TargetRun]:
@@ -233,6 +237,17 @@ def target_runs(workdir: str) -> list[TargetRun]:
       budget = int((config.get("target") or {}).get("examples_per_class") or 0)
       name = (config.get("study") or {}).get("experiment") or experiment_name(
           config["mode"], None, budget)  # a single-mode run: DIR/scratch or DIR/transfer
-      found.append(TargetRun(name, run_dir, run_dir != base, config, budget,
-                             finished(run_dir) is not None))
+      found.append(TargetRun(name, run_dir, run_dir != base, config, budget, finished(run_dir)))
   return found
+
+
+def one_per_seed(runs: list[TargetRun]) -> list[TargetRun]:
+  """`runs` with each seed of an experiment once: a study's seed_N folder wins over a
+  single-mode run folder of the same seed (the report and `--mode=rank` count seeds so)."""
+  seen, out = set(), []
+  for run in sorted(runs, key=lambda r: not r.seeded):  # seeded first
+    key = (run.name, run.config.get("seed"))
+    if key not in seen:
+      seen.add(key)
+      out.append(run)
+  return out

@@ -46,6 +46,7 @@ class _Group:
   budget: int
   runs: list = dataclasses.field(default_factory=list)
   seeds: list = dataclasses.field(default_factory=list)
+  summaries: list = dataclasses.field(default_factory=list)  # {} for an unfinished run
   arm_order: int = 0
 
 
@@ -55,19 +56,17 @@ def _folders(workdir: str) -> list[rundir.TargetRun]:
 
 
 def _groups(folders: list[rundir.TargetRun]) -> dict[str, _Group]:
-  """The experiments of `folders`, each seed counted once: a seed_N folder wins over a
-  single-mode run folder of the same seed."""
+  """The experiments of `folders`, each seed counted once (`rundir.one_per_seed`)."""
   groups: dict[str, _Group] = {}
-  for f in sorted(folders, key=lambda f: not f.seeded):  # seeded first
+  for f in rundir.one_per_seed(folders):
     mode = f.config["mode"]
     arm = (f.config.get("study") or {}).get("arm") if mode == "transfer" else None
     g = groups.setdefault(f.name, _Group(f.name, mode, arm, f.budget))
     arms = list((f.config.get("arms") or {}).keys())
     g.arm_order = arms.index(arm) if arm in arms else len(arms)
-    if f.config.get("seed") in g.seeds:
-      continue
     g.runs.append(f.run_dir)
     g.seeds.append(f.config.get("seed"))
+    g.summaries.append(f.summary or {})
   return dict(sorted(groups.items(), key=lambda kv: (
       plots.budget_rank(kv[1].budget), kv[1].mode != "scratch", kv[1].arm_order, kv[0])))
 
@@ -161,8 +160,7 @@ def _experiment(workdir: str, g: _Group) -> dict | None:
   curves = {key: _curve(np.array([[_float(x[key]) for x in row] for row in rows], dtype=float))
             for key in CURVE_KEYS if all(key in x for row in rows for x in row)}
   lowest = [_extreme(row, "test_loss", min) for row in whole]
-  summaries = [read_json(os.path.join(d, "summary.json")) or {} for d in g.runs]
-  per_class = [s["train_examples"] / s["num_classes"] for s in summaries
+  per_class = [s["train_examples"] / s["num_classes"] for s in g.summaries
                if s.get("train_examples") and s.get("num_classes")]
   longest = max(max(r) for r in records)
   pick = lambda chosen, key: [c[key] if c else None for c in chosen]
@@ -180,7 +178,7 @@ def _experiment(workdir: str, g: _Group) -> dict | None:
                 "test_loss": _mean_std([row[-1]["test_loss"] for row in whole])},
       "min_test_loss": _mean_std(pick(lowest, "test_loss")),
       "min_test_loss_epoch": _mean_std(pick(lowest, "epoch")),
-      "wall_s": _mean_std([s.get("wall_s") for s in summaries]),
+      "wall_s": _mean_std([s.get("wall_s") for s in g.summaries]),
       "seed_curves": {str(seed): {"epochs": [x["epoch"] for x in row],
                                   **{k: [_float(x[k]) if _finite(_float(x[k])) else None
                                          for x in row]

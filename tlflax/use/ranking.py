@@ -57,18 +57,20 @@ def fine_tuned(workdir: str, candidates, config) -> dict:
   seed of an experiment counted once, as the report counts it) fine-tuned on today's target
   data."""
   want = {k: config.target[k] for k in DATA_KEYS}
-  found: dict = {}  # owner -> experiment -> seed -> accuracy
-  for run in sorted(rundir.target_runs(workdir), key=lambda r: not r.seeded):  # seeded first
+  usable, runs = {}, []  # run_dir -> (owner, accuracy) of the runs that count
+  for run in rundir.target_runs(workdir):
     target = run.config.get("target") or {}
     owner = _owner(run.config, candidates)
-    if not run.finished or owner is None or {k: target.get(k) for k in DATA_KEYS} != want:
-      continue
-    accuracy = (rundir.finished(run.run_dir).get("final") or {}).get("test_accuracy")
-    if accuracy is not None and math.isfinite(accuracy):
-      seeds = found.setdefault(owner, {}).setdefault(run.name, {})
-      seeds.setdefault(run.config.get("seed"), float(accuracy))
-  return {name: {"accuracy": max(float(np.mean(list(s.values()))) for s in exps.values()),
-                 "experiments": {e: list(s.values()) for e, s in exps.items()}}
+    accuracy = ((run.summary or {}).get("final") or {}).get("test_accuracy")
+    if (owner is not None and accuracy is not None and math.isfinite(accuracy)
+        and {k: target.get(k) for k in DATA_KEYS} == want):
+      usable[run.run_dir] = owner, float(accuracy)
+      runs.append(run)
+  found: dict = {}  # owner -> experiment -> [accuracy per seed]
+  for run in rundir.one_per_seed(runs):
+    owner, accuracy = usable[run.run_dir]
+    found.setdefault(owner, {}).setdefault(run.name, []).append(accuracy)
+  return {name: {"accuracy": max(float(np.mean(v)) for v in exps.values()), "experiments": exps}
           for name, exps in found.items()}
 
 
