@@ -271,8 +271,9 @@ def frozen_check(study: str) -> dict:
     layout = transfer.frozen_layout(labels, stages, cfg["transfer"]["frozen_bn"])
     frozen_bn = set(layout["frozen_bn"])
     new, old = transfer.flatten(final["params"]), transfer.flatten(source["params"])
-    frozen = [k for k, v in transfer.flatten(labels).items() if v == transfer.FROZEN]
-    trainable = [k for k in new if k not in frozen]
+    label = transfer.flatten(labels)
+    frozen = [k for k in new if label[k] == transfer.FROZEN]
+    trainable = [k for k in new if label[k] != transfer.FROZEN]
     new_bn, old_bn = transfer.flatten(final["batch_stats"]), transfer.flatten(source["batch_stats"])
     frozen_stats = [k for k in new_bn if k.rsplit("/", 1)[0] in frozen_bn]
     runs[str(run_dir.relative_to(study))] = {
@@ -414,16 +415,15 @@ def main() -> int:
   fig = Figures(out, args.budget_s, args.rehearse)
   fig.save()
   small, large = (16, 32) if args.rehearse else (512, 1024)
-  kept = contextlib.nullcontext(args.work) if args.work else None
-  with kept or tempfile.TemporaryDirectory(prefix="tlflax-figures-") as work:
+  with (contextlib.nullcontext(args.work) if args.work
+        else tempfile.TemporaryDirectory(prefix="tlflax-figures-")) as folder:
+    work, r = pathlib.Path(folder), args.rehearse
+    steps = {"bench": lambda: bench(fig, small, r), "smoke": lambda: smoke(fig, work, r),
+             "tests": lambda: tests(fig, work, r), "epochs": lambda: epochs(fig, work, r),
+             "bench_large": lambda: bench(fig, large, r)}
     for part in PARTS:
-      if part not in parts:
-        continue
-      if part in ("bench", "bench_large"):
-        bench(fig, small if part == "bench" else large, args.rehearse)
-      else:
-        {"smoke": smoke, "tests": tests, "epochs": epochs}[part](
-            fig, pathlib.Path(work), args.rehearse)
+      if part in parts:
+        steps[part]()
   fig.data["projection"] = project(fig.data["epochs"])
   fig.save()
   print(summary(fig.data), end="")
